@@ -1,0 +1,29 @@
+"""Argument checks shared by the networks, the estimator and the functional API."""
+
+from __future__ import annotations
+
+import numbers
+
+
+def check_positive_int(value, name: str) -> int:
+    """Return ``value`` as an ``int`` or raise if it is not a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive integer, got {value!r}.")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+def check_output_shape(value, name: str = "output_shape") -> tuple[int, int]:
+    """Return ``value`` as an ``(H, W)`` tuple of positive ints."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"{name} must be a pair (height, width) of positive integers, got {value!r}.")
+    height, width = (check_positive_int(side, name) for side in value)
+    return height, width
+
+
+def check_choice(value, choices, name: str):
+    """Return ``value`` if it is one of ``choices``, else raise a ValueError listing them."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}.")
+    return value
