@@ -1,7 +1,18 @@
 """cebra-halfunet: reconstruct images from CEBRA embeddings."""
 
+from .estimator import HalfUNetRegressor
+from .metrics import correlation_scorer, psnr_scorer, ssim_scorer
 from .networks import ComplexLargeUNetDecoderOnly, HalfUNetDecoder, UNetDecoderOnly
 
 __version__ = "0.1.0"
 
-__all__ = ["ComplexLargeUNetDecoderOnly", "HalfUNetDecoder", "UNetDecoderOnly", "__version__"]
+__all__ = [
+    "ComplexLargeUNetDecoderOnly",
+    "HalfUNetDecoder",
+    "HalfUNetRegressor",
+    "UNetDecoderOnly",
+    "correlation_scorer",
+    "psnr_scorer",
+    "ssim_scorer",
+    "__version__",
+]

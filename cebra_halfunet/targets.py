@@ -1,0 +1,195 @@
+"""Image targets: the forms ``fit`` accepts, and the way back for ``predict``.
+
+Targets come as ``(N, H, W)``, ``(N, C, H, W)`` or flat ``(N, C*H*W)`` (what a Pipeline
+after ``cebra.CEBRA`` delivers) with ``output_shape``; a 1-d ``(N,)`` target is one value
+per sample. Internally they are ``(N, C, H, W)`` views of the caller's array: no copy is
+made, uint8 frames stay uint8 until a batch is on the compute device.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+#: Rows checked at a time when scanning large targets for NaN/inf (bounds temporary memory).
+_CHUNK = 1024
+
+
+def as_array(data, name: str) -> np.ndarray:
+    """View ``data`` (NumPy array, memmap, CPU or CUDA tensor, nested list) as an ndarray.
+
+    Arrays and memmaps are returned as they are, without a copy.
+    """
+    if isinstance(data, torch.Tensor):
+        data = data.detach().cpu().numpy()
+    elif not hasattr(data, "__array__") or not hasattr(data, "shape"):
+        data = np.asarray(data)
+    array = data if isinstance(data, np.ndarray) else np.asarray(data)
+    if array.dtype == object:
+        try:
+            array = array.astype(np.float64)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"{name} must hold real numbers, got objects that are not numbers.") from error
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers (bool, integer or float), got dtype {array.dtype}.")
+    return array
+
+
+@dataclass(frozen=True)
+class TargetFormat:
+    """How the targets given to ``fit`` look: rank, image shape and dtype.
+
+    Attributes
+    ----------
+    ndim : int
+        Rank of ``y`` in ``fit``: 1, 2 (flat), 3 ``(N, H, W)`` or 4 ``(N, C, H, W)``.
+    channels : int
+    shape : (int, int)
+        Image ``(H, W)``.
+    dtype : numpy.dtype
+        dtype of ``y`` in ``fit``. uint8 is read as 0-255 images (predicted back as uint8);
+        other integer and bool targets are predicted as float32, floats as their own dtype.
+    """
+
+    ndim: int
+    channels: int
+    shape: tuple[int, int]
+    dtype: np.dtype
+
+    @classmethod
+    def infer(cls, y: np.ndarray, output_shape=None, output_channels=None) -> TargetFormat:
+        """Work out the image layout of ``y`` given the estimator's parameters."""
+        if y.ndim == 4:
+            channels, shape = y.shape[1], tuple(y.shape[2:])
+        elif y.ndim == 3:
+            channels, shape = 1, tuple(y.shape[1:])
+        elif y.ndim in (1, 2):
+            size = 1 if y.ndim == 1 else y.shape[1]
+            if output_shape is not None:
+                pixels = output_shape[0] * output_shape[1]
+                channels = output_channels if output_channels is not None else size // pixels
+                if channels * pixels != size:
+                    expected = f"{output_channels} x {pixels}" if output_channels else f"a multiple of {pixels}"
+                    raise ValueError(
+                        f"y has {size} values per sample, which does not fit output_shape={tuple(output_shape)}: "
+                        f"expected {expected} (channels x H x W)."
+                    )
+                shape = tuple(output_shape)
+            else:
+                channels = output_channels if output_channels is not None else 1
+                if size % channels:
+                    raise ValueError(f"y has {size} values per sample, not a multiple of output_channels={channels}.")
+                shape = (1, size // channels)
+        else:
+            raise ValueError(
+                f"y must have shape (N, H, W), (N, C, H, W) or flattened (N, C*H*W), got an array of rank {y.ndim}."
+            )
+        if output_shape is not None and tuple(output_shape) != shape:
+            raise ValueError(f"y has images of size {shape}, but output_shape={tuple(output_shape)}.")
+        if output_channels is not None and output_channels != channels:
+            raise ValueError(f"Expected targets with output_channels={output_channels} channels, got {channels}.")
+        return cls(y.ndim, int(channels), tuple(int(s) for s in shape), y.dtype)
+
+    @property
+    def value_scale(self) -> float:
+        """Factor from stored values to the [0, 1]-like units the network learns (1/255 for uint8)."""
+        return 1 / 255 if self.dtype == np.uint8 else 1.0
+
+    @property
+    def output_dtype(self) -> np.dtype:
+        """dtype of ``predict``'s result."""
+        if self.dtype == np.uint8 or self.dtype.kind == "f":
+            return self.dtype
+        return np.dtype(np.float32)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """Shape of one sample in the form ``fit`` received."""
+        image = (self.channels, *self.shape)
+        return {4: image, 3: image[1:], 2: (int(np.prod(image)),), 1: ()}[self.ndim]
+
+    def check(self, y: np.ndarray, name: str = "y") -> None:
+        """Raise unless ``y`` has the per-sample shape seen in ``fit``."""
+        if y.shape[1:] != self.sample_shape:
+            raise ValueError(f"{name} must have samples of shape {self.sample_shape} as in fit, got {y.shape[1:]}.")
+
+    def to_images(self, y: np.ndarray) -> np.ndarray:
+        """``(N, C, H, W)`` view of ``y`` (no copy for contiguous arrays and memmaps)."""
+        self.check(y)
+        return y.reshape(len(y), self.channels, *self.shape)
+
+    def from_images(self, images: np.ndarray) -> np.ndarray:
+        """Reshape ``(N, C, H, W)`` predictions to the form of ``y`` in ``fit`` (no copy)."""
+        return images.reshape(len(images), *self.sample_shape)
+
+    def to_tensor(self, images: np.ndarray) -> torch.Tensor:
+        """Tensor sharing memory with ``images`` where it can: uint8 and float32 stay as they are."""
+        if images.dtype not in (np.uint8, np.float32):
+            images = images.astype(np.float32)
+        with warnings.catch_warnings():  # read-only memmaps: the tensor is only ever read
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.from_numpy(np.ascontiguousarray(images))
+
+    def encode_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        """Stored target batch -> float32 in network units."""
+        batch = batch.float()
+        return batch * self.value_scale if self.value_scale != 1.0 else batch
+
+    def decode_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        """Network output batch (float32) -> values in the dtype and scale of ``fit``'s ``y``."""
+        if self.dtype == np.uint8:
+            return (batch * 255).round_().clamp_(0, 255).to(torch.uint8)
+        return batch.to(getattr(torch, self.output_dtype.name))
+
+
+def check_finite(images: np.ndarray, name: str) -> None:
+    """Raise if a float array holds NaN or inf, scanning it in chunks (bounded memory)."""
+    if images.dtype.kind != "f":
+        return
+    for start in range(0, len(images), _CHUNK):
+        if not np.isfinite(images[start : start + _CHUNK]).all():
+            raise ValueError(f"{name} contains NaN or infinity.")
+
+
+def value_range(images: np.ndarray) -> tuple[float, float]:
+    """(min, max) of an array, scanned in chunks."""
+    lows, highs = zip(*((float(c.min()), float(c.max())) for c in np.array_split(images, max(1, len(images) // _CHUNK))))
+    return min(lows), max(highs)
+
+
+def pixel_mean(images: np.ndarray, value_scale: float) -> np.ndarray:
+    """Mean image ``(C, H, W)`` in network units, accumulated in float64 chunk by chunk."""
+    total = np.zeros(images.shape[1:], dtype=np.float64)
+    for start in range(0, len(images), _CHUNK):
+        total += images[start : start + _CHUNK].sum(axis=0, dtype=np.float64)
+    return (total / len(images) * value_scale).astype(np.float32)
+
+
+def pixel_std(images: np.ndarray, mean: np.ndarray, value_scale: float) -> float:
+    """Standard deviation of all pixels around the mean image, in network units."""
+    total = 0.0
+    for start in range(0, len(images), _CHUNK):
+        chunk = images[start : start + _CHUNK].astype(np.float64) * value_scale
+        total += float(np.square(chunk - mean).sum())
+    return float(np.sqrt(total / images.size))
+
+
+class ImageOutput(nn.Module):
+    """Maps the decoder's output to target units: ``offset + scale * decoder(x)``.
+
+    ``offset`` is the training mean image (or its logit for BCE) and ``scale`` the pixel
+    standard deviation, so the decoder starts at the mean image and learns deviations.
+    """
+
+    def __init__(self, decoder: nn.Module, offset: np.ndarray, scale: float):
+        super().__init__()
+        self.decoder = decoder
+        self.register_buffer("offset", torch.as_tensor(offset, dtype=torch.float32)[None])
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.offset + self.scale * self.decoder(x)

@@ -1,0 +1,25 @@
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def make_images(n=60, shape=(8, 16), channels=1, dim=4, seed=0):
+    """Embeddings ``(n, dim)`` and smooth images ``(n, channels, H, W)`` in [0, 1] that
+    depend on them (sinusoids whose frequency and phase follow the embedding)."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, dim)).astype(np.float32)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]] / max(shape)
+    images = np.stack(
+        [
+            [np.sin((3 + row[0]) * xx * 4 + row[1] + c) * np.cos((2 + row[2]) * yy * 4 + row[3]) for c in range(channels)]
+            for row in z
+        ]
+    )
+    return z, ((images + 1) / 2).astype(np.float32)
+
+
+@pytest.fixture
+def data():
+    return make_images()

@@ -1,0 +1,393 @@
+import pickle
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
+from sklearn.utils._param_validation import InvalidParameterError
+
+from cebra_halfunet import HalfUNetRegressor, correlation_scorer, psnr_scorer, ssim_scorer
+from cebra_halfunet.metrics import pooled_r2
+
+from .conftest import make_images
+
+FAST = dict(latent_dim=16, max_epochs=3, batch_size=16, random_state=0)
+
+
+def regressor(**kwargs):
+    return HalfUNetRegressor(**(FAST | kwargs))
+
+
+# ---------------------------------------------------------------- target forms
+@pytest.mark.parametrize(
+    "form, kwargs, channels",
+    [
+        ("nchw", {}, 3),
+        ("nhw", {}, 1),
+        ("flat", {"output_shape": (8, 16)}, 3),
+        ("flat", {"output_shape": (8, 16), "output_channels": 3}, 3),
+    ],
+)
+def test_each_target_form_round_trips_through_predict(form, kwargs, channels):
+    z, images = make_images(channels=channels)
+    y = {"nchw": images, "nhw": images[:, 0], "flat": images.reshape(len(images), -1)}[form]
+    model = regressor(**kwargs).fit(z, y)
+    prediction = model.predict(z[:7])
+    assert prediction.shape == (7, *y.shape[1:])
+    assert prediction.dtype == np.float32
+    assert model.target_format_.channels == channels and model.target_format_.shape == (8, 16)
+    assert model.module_.decoder.output_shape == (8, 16)
+
+
+@pytest.mark.parametrize("dtype, expected", [(np.float64, np.float64), (np.int64, np.float32), (bool, np.float32)])
+def test_dtype_family_of_predictions(data, dtype, expected):
+    z, images = data
+    y = (images > 0.5).astype(dtype)
+    prediction = regressor().fit(z, y).predict(z)
+    assert prediction.dtype == expected
+
+
+def test_uint8_targets_are_0_255_images_and_predicted_as_uint8(data):
+    z, images = data
+    frames = np.round(images[:, 0] * 255).astype(np.uint8)
+    model = regressor(max_epochs=10).fit(z, frames)
+    prediction = model.predict(z)
+    assert prediction.dtype == np.uint8 and prediction.shape == frames.shape
+    assert model.data_range_ == 255
+    # Learned in [0, 1] units: the mean image is the starting offset, within a few grey levels.
+    np.testing.assert_allclose(model.module_.offset.numpy()[0, 0] * 255, frames[:54].mean(0), atol=1e-3)
+    # Same fit on float frames in [0, 1] gives the same images up to rounding.
+    float_prediction = regressor(max_epochs=10).fit(z, frames / 255.0).predict(z)
+    assert np.abs(prediction.astype(float) - float_prediction * 255).max() <= 1.0
+
+
+def test_inputs_of_any_numeric_kind(data, tmp_path):
+    z, images = data
+    reference = regressor().fit(z, images).predict(z)
+    as_tensor = regressor().fit(torch.from_numpy(z), torch.from_numpy(images)).predict(torch.from_numpy(z))
+    np.testing.assert_array_equal(as_tensor, reference)
+    path = tmp_path / "frames.npy"
+    np.save(path, images)
+    memmap = np.load(path, mmap_mode="r")
+    np.testing.assert_array_equal(regressor().fit(z.astype(np.float64), memmap).predict(z), reference)
+    assert regressor().fit((z * 10).astype(np.int32), images).predict(z).shape == images.shape
+
+
+def test_caller_arrays_are_not_modified(data):
+    z, images = data
+    z_copy, images_copy = z.copy(), images.copy()
+    regressor().fit(z, images).predict(z)
+    np.testing.assert_array_equal(z, z_copy)
+    np.testing.assert_array_equal(images, images_copy)
+
+
+def test_predict_is_batched_and_independent_of_batch_size(data):
+    z, images = data
+    model = regressor().fit(z, images)
+    full = model.predict(z)
+    model.set_params(batch_size=7)
+    np.testing.assert_allclose(model.predict(z), full, rtol=1e-5, atol=1e-6)
+
+
+def test_bce_predicts_probabilities(data):
+    z, images = data
+    binary = (images > 0.5).astype(np.float32)
+    prediction = regressor(loss="bce", max_epochs=5).fit(z, binary).predict(z)
+    assert 0 <= prediction.min() and prediction.max() <= 1
+
+
+@pytest.mark.parametrize("loss", ["mse", "l1", "ssim", "l1_ssim"])
+def test_every_loss_learns(loss):
+    z, images = make_images(n=80)
+    model = regressor(loss=loss, max_epochs=40, early_stopping=False, lr=3e-3).fit(z, images)
+    first, last = model.history_[0]["train_loss"], model.history_[-1]["train_loss"]
+    assert last < 0.7 * first
+    assert ssim_scorer(model, z, images) > 0.5
+    if loss in ("mse", "l1"):  # SSIM leaves brightness and contrast partly free, R² need not follow
+        assert model.score(z, images) > 0.3
+
+
+# ------------------------------------------------------ training loop behaviour
+def test_early_stopping_restores_the_best_epoch():
+    z, images = make_images(n=60)
+    noise = np.random.default_rng(1).random(images.shape).astype(np.float32)
+    # Training part learnable, validation tail pure noise: validation loss rises with fitting.
+    y = np.concatenate([images[:54], noise[54:]])
+    model = regressor(max_epochs=30, patience=3, lr=3e-3).fit(z, y)
+    losses = [record["valid_loss"] for record in model.history_]
+    best = int(np.argmin(losses))
+    assert model.best_epoch_ == model.history_[best]["epoch"]
+    assert model.n_epochs_ == model.best_epoch_ + 3 < 30
+    restored = model.score(z[54:], y[54:])
+    refit = regressor(max_epochs=model.best_epoch_, early_stopping=False, lr=3e-3).fit(z[:54], y[:54])
+    np.testing.assert_allclose(restored, refit.score(z[54:], y[54:]), rtol=1e-5)
+
+
+def test_history_and_counts(data):
+    z, images = data
+    model = regressor(max_epochs=4, patience=10).fit(z, images)
+    assert [record["epoch"] for record in model.history_] == [1, 2, 3, 4]
+    assert all(record["valid_loss"] is not None and record["duration_s"] > 0 for record in model.history_)
+    no_validation = regressor(max_epochs=2, early_stopping=False).fit(z, images)
+    assert [record["valid_loss"] for record in no_validation.history_] == [None, None]
+    assert no_validation.best_epoch_ is None
+
+
+def test_warm_start_and_partial_fit_continue_training(data):
+    z, images = data
+    model = regressor(max_epochs=2, early_stopping=False, warm_start=True).fit(z, images)
+    first_weights = {k: v.clone() for k, v in model.module_.state_dict().items()}
+    model.fit(z, images)
+    assert model.n_epochs_ == 4 and [r["epoch"] for r in model.history_] == [1, 2, 3, 4]
+    assert any(not torch.equal(first_weights[k], v) for k, v in model.module_.state_dict().items())
+    model.partial_fit(z, images)
+    assert model.n_epochs_ == 5
+    # Continuing equals training straight through with the same seed.
+    straight = regressor(max_epochs=5, early_stopping=False).fit(z, images)
+    assert [r["epoch"] for r in straight.history_] == [1, 2, 3, 4, 5]
+    cold = regressor(max_epochs=2, early_stopping=False).fit(z, images)
+    cold.fit(z, images)
+    assert cold.n_epochs_ == 2, "without warm_start, fit starts again"
+    with pytest.raises(ValueError, match="form of the targets"):
+        model.partial_fit(z, images[:, 0])
+
+
+def test_partial_fit_from_scratch(data):
+    z, images = data
+    model = regressor().partial_fit(z, images)
+    assert model.n_epochs_ == 1 and model.predict(z).shape == images.shape
+
+
+def test_same_random_state_same_predictions(data):
+    z, images = data
+    a = regressor(random_state=3).fit(z, images).predict(z)
+    b = regressor(random_state=3).fit(z, images).predict(z)
+    c = regressor(random_state=4).fit(z, images).predict(z)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_fit_leaves_global_torch_rng_alone(data):
+    z, images = data
+    torch.manual_seed(11)
+    expected = torch.rand(3)
+    torch.manual_seed(11)
+    regressor().fit(z, images)
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_verbose_shows_progress(data, capsys):
+    z, images = data
+    regressor(verbose=True, max_epochs=2).fit(z, images)
+    assert "train_loss" in capsys.readouterr().err
+
+
+def test_large_body_through_the_estimator(data):
+    z, images = data
+    model = regressor(latent_dim=1024, max_epochs=1).fit(z, images)
+    assert type(model.module_.decoder.body).__name__ == "ComplexLargeUNetDecoderOnly"
+    assert model.predict(z).shape == images.shape
+
+
+# ---------------------------------------------------------- scoring and search
+def test_score_is_pooled_r2(data):
+    z, images = data
+    model = regressor().fit(z, images)
+    prediction = model.predict(z)
+    from sklearn.metrics import r2_score
+
+    expected = r2_score(images.reshape(60, -1), prediction.reshape(60, -1), multioutput="variance_weighted")
+    assert model.score(z, images) == pytest.approx(expected, rel=1e-6)
+
+
+def test_pooled_r2_ignores_constant_background():
+    rng = np.random.default_rng(0)
+    truth = np.zeros((20, 1, 4, 4))
+    truth[:, 0, 0, 0] = rng.normal(size=20)
+    truth[:, 0, 0, 0] -= truth[:, 0, 0, 0].mean()
+    prediction = truth.copy()
+    prediction[:, 0, 0, 0] *= 0.5
+    prediction[:, 0, 1:, 1:] = 1e-9  # tiny error on never-changing pixels
+    assert pooled_r2(truth, prediction) == pytest.approx(0.75, abs=1e-6)
+
+
+@pytest.mark.parametrize("form", ["nchw", "flat"])
+def test_image_scorers(data, form):
+    z, images = data
+    y = images if form == "nchw" else images.reshape(60, -1)
+    model = regressor(output_shape=(8, 16) if form == "flat" else None).fit(z, y)
+    ssim = ssim_scorer(model, z, y)
+    psnr = psnr_scorer(model, z, y)
+    corr = correlation_scorer(model, z, y)
+    assert -1 <= ssim <= 1 and np.isfinite(psnr) and -1 <= corr <= 1
+    perfect = type("Perfect", (), {"predict": lambda self, X: y, "steps": [("decoder", model)]})()
+    assert ssim_scorer(perfect, z, y) == pytest.approx(1.0)
+    assert correlation_scorer(perfect, z, y) == pytest.approx(1.0)
+
+
+def test_ssim_matches_scikit_image():
+    from skimage.metrics import structural_similarity as skimage_ssim
+
+    from cebra_halfunet.metrics import structural_similarity
+
+    rng = np.random.default_rng(0)
+    a = rng.random((3, 1, 24, 40))
+    b = np.clip(a + 0.2 * rng.normal(size=a.shape), 0, 1)
+    expected = np.mean(
+        [
+            skimage_ssim(x[0], y[0], data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+            for x, y in zip(a, b)
+        ]
+    )
+    assert structural_similarity(a, b, data_range=1.0) == pytest.approx(expected, abs=1e-6)
+
+
+def test_grid_search_over_latent_dim_and_loss(data):
+    z, images = data
+    search = GridSearchCV(
+        regressor(max_epochs=2),
+        {"latent_dim": [8, 1024], "loss": ["mse", "l1_ssim"]},
+        cv=KFold(2),
+        scoring={"ssim": ssim_scorer, "psnr": psnr_scorer},
+        refit="ssim",
+        error_score="raise",
+    ).fit(z, images)
+    assert len(search.cv_results_["params"]) == 4
+    assert np.isfinite(search.cv_results_["mean_test_ssim"]).all()
+    assert search.best_estimator_.predict(z[:3]).shape == (3, 1, 8, 16)
+
+
+def test_cross_val_score_with_default_score(data):
+    z, images = data
+    scores = cross_val_score(regressor(), z, images, cv=KFold(3), error_score="raise")
+    assert scores.shape == (3,) and np.isfinite(scores).all()
+
+
+# ---------------------------------------------------------------- persistence
+def test_clone_and_set_params_keep_parameters_verbatim():
+    model = HalfUNetRegressor(output_shape=[8, 16], latent_dim=None, device="cpu")
+    assert clone(model).get_params()["output_shape"] == [8, 16]
+    assert model.set_params(loss="l1").loss == "l1"
+
+
+def test_joblib_round_trip_gives_identical_predictions(data, tmp_path):
+    z, images = data
+    model = regressor().fit(z, images)
+    joblib.dump(model, tmp_path / "decoder.joblib")
+    loaded = joblib.load(tmp_path / "decoder.joblib")
+    np.testing.assert_array_equal(loaded.predict(z), model.predict(z))
+    loaded.partial_fit(z, images)  # optimizer state survived too
+    assert loaded.n_epochs_ == model.n_epochs_ + 1
+
+
+def test_unfitted_estimator_pickles():
+    model = pickle.loads(pickle.dumps(regressor()))
+    assert model.get_params() == regressor().get_params()
+
+
+def test_fitted_state_holds_no_device_tensors(data):
+    """What is pickled lives on the CPU, so a decoder fitted on CUDA loads without CUDA."""
+    z, images = data
+    model = regressor().fit(z, images)
+    tensors = list(model.module_.state_dict().values())
+    tensors += [t for state in model.optimizer_state_["state"].values() for t in state.values() if torch.is_tensor(t)]
+    assert tensors and all(t.device.type == "cpu" for t in tensors)
+
+
+def test_missing_cuda_falls_back_to_cpu_for_predict(data, monkeypatch):
+    z, images = data
+    model = regressor().fit(z, images)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model.set_params(device="cuda")
+    with pytest.warns(RuntimeWarning, match="CPU instead"):
+        assert model.predict(z).shape == images.shape
+
+
+# --------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "make_args, error, match",
+    [
+        (lambda z, y: (z[:50], y), ValueError, "same number of samples"),
+        (lambda z, y: (np.where(np.arange(4) == 0, np.nan, z), y), ValueError, "NaN"),
+        (lambda z, y: (z, np.where(np.arange(16) == 3, np.inf, y)), ValueError, "y contains NaN or infinity"),
+        (lambda z, y: (z, np.where(np.arange(16) == 3, np.nan, y)), ValueError, "y contains NaN or infinity"),
+        (lambda z, y: (z[:, :, None], y), ValueError, "dim 3"),
+        (lambda z, y: (z, y[:, :, :, :, None]), ValueError, "rank 5"),
+        (lambda z, y: (z[:0], y[:0]), ValueError, "0 sample"),
+        (lambda z, y: (z[:1], y[:1]), ValueError, "1 sample"),
+        (lambda z, y: (z, y.astype(np.complex64)), TypeError, "real numbers"),
+        (lambda z, y: (z, np.array([["a"] * 3] * 60, dtype=object)), TypeError, "real numbers"),
+    ],
+)
+def test_bad_data_raises_before_training(data, make_args, error, match, monkeypatch):
+    z, images = data
+    trained = []
+    monkeypatch.setattr("cebra_halfunet.estimator.train", lambda *a, **k: trained.append(1))
+    with pytest.raises(error, match=match):
+        regressor().fit(*make_args(z, images))
+    assert not trained
+
+
+@pytest.mark.parametrize(
+    "kwargs, y_form, match",
+    [
+        ({"output_shape": (8, 15)}, "flat", "does not fit output_shape"),
+        ({"output_shape": (8, 16), "output_channels": 2}, "flat", "does not fit output_shape"),
+        ({"output_shape": (16, 8)}, "nchw", r"output_shape=\(16, 8\)"),
+        ({"output_channels": 3}, "nchw", "output_channels=3"),
+        ({"loss": "bce"}, "scaled", r"targets in \[0, 1\]"),
+    ],
+)
+def test_targets_that_do_not_fit_the_parameters(data, kwargs, y_form, match):
+    z, images = data
+    y = {"flat": images.reshape(60, -1), "nchw": images, "scaled": images * 2}[y_form]
+    with pytest.raises(ValueError, match=match):
+        regressor(**kwargs).fit(z, y)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"loss": "huber"}, {"lr": -1.0}, {"lr": 0}, {"batch_size": 0}, {"max_epochs": 0}, {"validation_fraction": 1.0},
+     {"latent_dim": 0}, {"patience": 0}, {"early_stopping": "yes"}],
+)
+def test_invalid_hyper_parameters_raise_at_fit(data, kwargs):
+    z, images = data
+    model = regressor(**kwargs)  # construction accepts anything, as scikit-learn requires
+    with pytest.raises(InvalidParameterError, match=next(iter(kwargs))):
+        model.fit(z, images)
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:7", "not a device"])
+def test_unknown_or_missing_device(data, device, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    z, images = data
+    with pytest.raises(ValueError, match="device"):
+        regressor(device=device).fit(z, images)
+
+
+def test_bad_output_shape_parameter(data):
+    z, images = data
+    with pytest.raises(ValueError, match="output_shape"):
+        regressor(output_shape=(8, 16, 2)).fit(z, images)
+
+
+def test_predict_checks(data):
+    z, images = data
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        regressor().predict(z)
+    model = regressor().fit(z, images)
+    with pytest.raises(ValueError, match="features"):
+        model.predict(z[:, :3])
+    with pytest.raises(ValueError, match="shape"):
+        model.score(z, images[:, :, :4])
+
+
+def test_early_stopping_needs_a_validation_fraction(data):
+    z, images = data
+    with pytest.raises(ValueError, match="validation_fraction"):
+        regressor(validation_fraction=0.0).fit(z, images)
+    assert regressor(validation_fraction=0.0, early_stopping=False).fit(z, images).n_epochs_ == 3

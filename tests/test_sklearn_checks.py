@@ -1,0 +1,10 @@
+"""scikit-learn's estimator checks: all of them pass, none is listed as an expected failure."""
+
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from cebra_halfunet import HalfUNetRegressor
+
+
+@parametrize_with_checks([HalfUNetRegressor(latent_dim=16, max_epochs=20, random_state=0)])
+def test_sklearn_compatible_estimator(estimator, check):
+    check(estimator)
