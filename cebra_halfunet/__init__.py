@@ -1,5 +1,7 @@
 """cebra-halfunet: reconstruct images from CEBRA embeddings."""
 
+from .decoding import halfunet_decoding
+from .embedding import CEBRAEmbedding
 from .estimator import HalfUNetRegressor
 from .metrics import correlation_scorer, psnr_scorer, ssim_scorer
 from .networks import ComplexLargeUNetDecoderOnly, HalfUNetDecoder, UNetDecoderOnly
@@ -7,11 +9,13 @@ from .networks import ComplexLargeUNetDecoderOnly, HalfUNetDecoder, UNetDecoderO
 __version__ = "0.1.0"
 
 __all__ = [
+    "CEBRAEmbedding",
     "ComplexLargeUNetDecoderOnly",
     "HalfUNetDecoder",
     "HalfUNetRegressor",
     "UNetDecoderOnly",
     "correlation_scorer",
+    "halfunet_decoding",
     "psnr_scorer",
     "ssim_scorer",
     "__version__",

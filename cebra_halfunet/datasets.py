@@ -34,13 +34,16 @@ class MovieRecording:
 
 
 def _smooth_paths(rng: np.random.Generator, n_frames: int, n_paths: int, smoothness: int) -> np.ndarray:
-    """Random walks in [0, 1], low-pass filtered so that they drift smoothly, ``(T, n_paths)``."""
-    steps = rng.normal(size=(n_frames + 2 * smoothness, n_paths))
+    """Stationary smooth paths in [0, 1], ``(T, n_paths)``: low-pass filtered white noise.
+
+    Stationary (unlike a random walk), so a held-out stretch at the end of the movie
+    visits the same positions as the training part, in new combinations.
+    """
+    noise = rng.normal(size=(n_frames + 2 * smoothness, n_paths))
     kernel = np.hanning(2 * smoothness + 1)
-    smooth = np.stack([np.convolve(steps[:, i], kernel, mode="valid") for i in range(n_paths)], axis=1)
-    smooth = np.cumsum(smooth[:n_frames], axis=0)
-    smooth -= smooth.min(axis=0)
-    return smooth / np.maximum(smooth.max(axis=0), 1e-9)
+    smooth = np.stack([np.convolve(noise[:, i], kernel, mode="valid") for i in range(n_paths)], axis=1)
+    smooth /= smooth.std(axis=0)
+    return 1 / (1 + np.exp(-1.5 * smooth[:n_frames]))
 
 
 def make_moving_blobs(
@@ -62,7 +65,7 @@ def make_moving_blobs(
     height, width = check_output_shape(output_shape)
     channels = check_positive_int(channels, "channels")
     rng = np.random.default_rng(seed)
-    positions = _smooth_paths(rng, n_frames, 2 * n_blobs, smoothness=max(5, n_frames // 100))
+    positions = _smooth_paths(rng, n_frames, 2 * n_blobs, smoothness=10)
     positions = positions.reshape(n_frames, n_blobs, 2)
     yy, xx = np.mgrid[0:height, 0:width]
     yy, xx = yy / max(height - 1, 1), xx / max(width - 1, 1)

@@ -1,0 +1,116 @@
+"""``halfunet_decoding``: the functional API, shaped like ``cebra.integrations.decoders``.
+
+It trains a :class:`HalfUNetRegressor` (so the one training loop) and reports losses the
+way ``cebra.integrations.decoders.mlp_decoding`` reports scores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .estimator import HalfUNetRegressor
+from .losses import make_loss
+from .networks import HalfUNetDecoder
+from .targets import as_array
+from .training import evaluate, resolve_device
+
+__all__ = ["HalfUNetDecoder", "halfunet_decoding"]
+
+
+def _concatenate_sessions(embedding, label, n_run, name):
+    """Single-session data as arrays; CEBRA's multi-session dicts concatenated over sessions.
+
+    ``embedding[session][n_run]`` is one run's embedding; ``label[session]`` the session's
+    targets (an array or tensor, or a CEBRA dataset label with ``.continuous``).
+    """
+    if not isinstance(embedding, dict):
+        return as_array(embedding, f"embedding_{name}"), as_array(label, f"label_{name}")
+    if n_run is None:
+        raise ValueError(f"n_run must be specified for multi-session (dict) embeddings, got {n_run}.")
+    if not isinstance(label, dict) or set(label) != set(embedding):
+        raise ValueError(f"label_{name} must be a dict with the same sessions as embedding_{name}.")
+    embeddings = [as_array(embedding[session][n_run], f"embedding_{name}[{session!r}][{n_run}]") for session in embedding]
+    labels = [as_array(getattr(label[session], "continuous", label[session]), f"label_{name}[{session!r}]") for session in embedding]
+    return np.concatenate(embeddings), np.concatenate(labels)
+
+
+def halfunet_decoding(
+    embedding_train,
+    embedding_valid,
+    label_train,
+    label_valid,
+    num_epochs: int = 100,
+    lr: float = 0.001,
+    batch_size: int = 32,
+    device: str = "cuda",
+    output_channels: int = 1,
+    output_shape: tuple[int, int] = (128, 256),
+    latent_dim: int | None = None,
+    n_run: int | None = None,
+    loss_fn: str = "mse",
+    *,
+    random_state=None,
+    verbose: bool = False,
+) -> tuple[float, float, torch.Tensor]:
+    """Train a HalfUNet decoder on embeddings and images; predict the validation images.
+
+    Parameters
+    ----------
+    embedding_train, embedding_valid : tensor/array ``(N, D)``, or dict
+        Embeddings; for multi-session data, CEBRA's form ``{session: [run_0, run_1, ...]}``
+        with ``n_run`` choosing the run.
+    label_train, label_valid : tensor/array ``(N, C, H, W)`` or ``(N, H, W)``, or dict
+        Target images (per session for dict embeddings).
+    num_epochs, lr, batch_size
+        Training length (all epochs, no early stopping: the validation set is yours),
+        AdamW learning rate, mini-batch size.
+    device : str, default "cuda"
+        As in ``cebra.integrations.decoders``. Without CUDA this raises a ``ValueError``;
+        pass ``"auto"`` to use CUDA when present and the CPU otherwise.
+    output_channels, output_shape, latent_dim
+        As in :class:`HalfUNetDecoder`; the labels must match them.
+    n_run : int, optional
+        Run index, required for dict (multi-session) embeddings.
+    loss_fn : {"mse", "l1", "bce", "ssim", "l1_ssim"}
+    random_state, verbose
+        Seed and progress bar (keyword only).
+
+    Returns
+    -------
+    train_loss : float
+        Loss on the training data after the last epoch.
+    valid_loss : float
+        Loss on the validation data.
+    predictions : torch.Tensor
+        Reconstructed validation images, CPU, in the form of ``label_valid``
+        (``(N, C, H, W)`` stays 4-d; probabilities for ``"bce"``).
+    """
+    x_train, y_train = _concatenate_sessions(embedding_train, label_train, n_run, "train")
+    x_valid, y_valid = _concatenate_sessions(embedding_valid, label_valid, n_run, "valid")
+    if y_valid.shape[1:] != y_train.shape[1:]:
+        raise ValueError(f"label_valid samples have shape {y_valid.shape[1:]}, label_train {y_train.shape[1:]}.")
+    regressor = HalfUNetRegressor(
+        output_shape=output_shape,
+        output_channels=output_channels,
+        latent_dim=latent_dim,
+        loss=loss_fn,
+        lr=lr,
+        batch_size=batch_size,
+        max_epochs=num_epochs,
+        early_stopping=False,
+        device=device,
+        random_state=random_state,
+        verbose=verbose,
+    ).fit(x_train, y_train)
+    predictions = regressor.predict(x_valid)
+
+    target_format = regressor.target_format_
+    loss = make_loss(loss_fn, regressor.data_range_ * target_format.value_scale)
+    inputs = torch.from_numpy(np.asarray(x_valid, dtype=np.float32))
+    targets = target_format.to_tensor(target_format.to_images(y_valid))
+    valid_loss = evaluate(
+        regressor.module_, loss, inputs, targets, target_format.encode_batch, batch_size, resolve_device(device)
+    )
+    regressor.module_.cpu()
+    return regressor.history_[-1]["train_loss"], valid_loss, torch.from_numpy(predictions)
