@@ -23,10 +23,12 @@ def test_output_is_channels_first_at_the_exact_size(latent_dim, body, shape, cha
     assert torch.isfinite(out).all()
 
 
-def test_large_frame_sizes_light_body():
-    decoder = HalfUNetDecoder(8, 1, (256, 512), 64)
+@pytest.mark.parametrize("latent_dim", [64, 1024])
+@pytest.mark.parametrize("shape", [(128, 256), (256, 512)])
+def test_full_frame_sizes(latent_dim, shape):
+    decoder = HalfUNetDecoder(8, 3, shape, latent_dim)
     with torch.no_grad():
-        assert decoder(embeddings(batch=1)).shape == (1, 1, 256, 512)
+        assert decoder(embeddings(batch=1)).shape == (1, 3, *shape)
 
 
 def test_body_choice_threshold_and_latent_default():
