@@ -251,8 +251,10 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
     def _initialise(self, target_format: TargetFormat, train_images: np.ndarray, low: float, high: float):
         """Build a fresh network for ``target_format``, normalised by the training targets."""
         self.target_format_ = target_format
-        self.data_range_ = 255.0 if target_format.dtype == np.uint8 else (1.0 if 0 <= low and high <= 1 else high - low)
-        self.data_range_ = self.data_range_ or 1.0
+        if target_format.dtype == np.uint8:
+            self.data_range_ = 255.0
+        else:  # images in [0, 1] keep the conventional range 1; constant targets get 1 too
+            self.data_range_ = 1.0 if (0 <= low and high <= 1) or high == low else high - low
         self.seed_ = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         mean = pixel_mean(train_images, target_format.value_scale)
         if self.loss == "bce":
