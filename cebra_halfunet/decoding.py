@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from .estimator import HalfUNetRegressor
-from .losses import make_loss
 from .networks import HalfUNetDecoder
 from .targets import as_array
 from .training import evaluate, resolve_device
@@ -106,11 +105,10 @@ def halfunet_decoding(
     predictions = regressor.predict(x_valid)
 
     target_format = regressor.target_format_
-    loss = make_loss(loss_fn, regressor.data_range_ * target_format.value_scale)
     inputs = torch.from_numpy(np.asarray(x_valid, dtype=np.float32))
     targets = target_format.to_tensor(target_format.to_images(y_valid))
     valid_loss = evaluate(
-        regressor.module_, loss, inputs, targets, target_format.encode_batch, batch_size, resolve_device(device)
+        regressor.module_, regressor._training_loss(), inputs, targets, target_format.encode_batch, batch_size, resolve_device(device)
     )
     regressor.module_.cpu()
     return regressor.history_[-1]["train_loss"], valid_loss, torch.from_numpy(predictions)

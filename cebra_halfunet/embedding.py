@@ -87,21 +87,20 @@ class CEBRAEmbedding(TransformerMixin, BaseEstimator):
             y = as_array(y, "y")
             if len(y) != len(X):
                 raise ValueError(f"X and y must have the same number of samples, got {len(X)} and {len(y)}.")
-            self.cebra_.fit(X, self._pca_label(y, fit=True) if self.label == "pca" else y)
+            self.cebra_.fit(X, self._pca_label(y) if self.label == "pca" else y)
         self.n_features_in_, self.n_samples_fit_ = X.shape[1], len(X)
         return self
 
-    def _pca_label(self, y: np.ndarray, fit: bool) -> np.ndarray:
-        """Standardised principal components of a pixel subset of ``y``, ``(N, n_components)``."""
+    def _pca_label(self, y: np.ndarray) -> np.ndarray:
+        """Fit the label PCA; standardised principal components of a pixel subset of ``y``,
+        ``(N, n_components)``."""
         flat = y.reshape(len(y), -1)
-        if fit:
-            rng = check_random_state(self.random_state)
-            n_pixels = min(flat.shape[1], self.max_label_pixels)
-            self.label_pixels_ = np.sort(rng.choice(flat.shape[1], size=n_pixels, replace=False))
-            n_components = min(self.n_components, n_pixels, len(y))
-            self.label_pca_ = PCA(n_components, svd_solver="randomized", whiten=True, random_state=rng)
-            return self.label_pca_.fit_transform(flat[:, self.label_pixels_].astype(np.float32)).astype(np.float32)
-        return self.label_pca_.transform(flat[:, self.label_pixels_].astype(np.float32)).astype(np.float32)
+        rng = check_random_state(self.random_state)
+        n_pixels = min(flat.shape[1], self.max_label_pixels)
+        self.label_pixels_ = np.sort(rng.choice(flat.shape[1], size=n_pixels, replace=False))
+        n_components = min(self.n_components, n_pixels, len(y))
+        self.label_pca_ = PCA(n_components, svd_solver="randomized", whiten=True, random_state=rng)
+        return self.label_pca_.fit_transform(flat[:, self.label_pixels_].astype(np.float32)).astype(np.float32)
 
     def transform(self, X) -> np.ndarray:
         """Embeddings ``(N, output_dimension)`` of neural data ``X``."""

@@ -17,7 +17,7 @@ from ._checks import check_output_shape
 from .losses import LOSS_NAMES, make_loss
 from .metrics import pooled_r2
 from .networks import HalfUNetDecoder
-from .targets import ImageOutput, TargetFormat, as_array, check_finite, pixel_mean, pixel_std, value_range
+from .targets import ImageOutput, TargetFormat, as_array, pixel_moments, value_range
 from .training import predict_into, resolve_device, train
 
 
@@ -198,8 +198,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
                 f"got {target_format}."
             )
         images = target_format.to_images(y)
-        check_finite(images, "y")
-        low, high = value_range(images)
+        low, high = value_range(images, "y")
         if self.loss == "bce" and (low * target_format.value_scale < 0 or high * target_format.value_scale > 1):
             raise ValueError(f"loss='bce' needs targets in [0, 1], got values in [{low}, {high}].")
 
@@ -223,11 +222,10 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
                 group.update(lr=self.lr, weight_decay=self.weight_decay)
 
         inputs, targets = torch.from_numpy(X), target_format.to_tensor(images)
-        network_range = self.data_range_ * target_format.value_scale
         result = train(
             model,
             optimizer,
-            make_loss(self.loss, network_range),
+            self._training_loss(),
             inputs[:n_train],
             targets[:n_train],
             X_valid=inputs[n_train:] if n_valid else None,
@@ -256,12 +254,12 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         else:  # images in [0, 1] keep the conventional range 1; constant targets get 1 too
             self.data_range_ = 1.0 if (0 <= low and high <= 1) or high == low else high - low
         self.seed_ = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        mean = pixel_mean(train_images, target_format.value_scale)
+        mean, std = pixel_moments(train_images, target_format.value_scale)
         if self.loss == "bce":
             clipped = np.clip(mean, 1e-3, 1 - 1e-3)
             offset, scale = np.log(clipped / (1 - clipped)), 1.0
         else:
-            offset, scale = mean, pixel_std(train_images, mean, target_format.value_scale) or 1.0
+            offset, scale = mean, std or 1.0
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed_)
             decoder = HalfUNetDecoder(
@@ -273,6 +271,10 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
             )
         self.module_ = ImageOutput(decoder, offset, scale)
         self.history_, self.n_epochs_, self.best_epoch_ = [], 0, None
+
+    def _training_loss(self):
+        """The loss being minimised, in network units (targets' span times the value scale)."""
+        return make_loss(self.loss, self.data_range_ * self.target_format_.value_scale)
 
     # --------------------------------------------------------------- prediction
     def predict(self, X):

@@ -146,36 +146,38 @@ class TargetFormat:
         return batch.to(getattr(torch, self.output_dtype.name))
 
 
-def check_finite(images: np.ndarray, name: str) -> None:
-    """Raise if a float array holds NaN or inf, scanning it in chunks (bounded memory)."""
-    if images.dtype.kind != "f":
-        return
+def _chunks(images: np.ndarray):
+    """Consecutive blocks of at most ``_CHUNK`` samples (views for arrays and memmaps)."""
     for start in range(0, len(images), _CHUNK):
-        if not np.isfinite(images[start : start + _CHUNK]).all():
-            raise ValueError(f"{name} contains NaN or infinity.")
+        yield images[start : start + _CHUNK]
 
 
-def value_range(images: np.ndarray) -> tuple[float, float]:
-    """(min, max) of an array, scanned in chunks."""
-    lows, highs = zip(*((float(c.min()), float(c.max())) for c in np.array_split(images, max(1, len(images) // _CHUNK))))
-    return min(lows), max(highs)
+def value_range(images: np.ndarray, name: str) -> tuple[float, float]:
+    """(min, max) of an array in one chunked scan; raises if it holds NaN or infinity.
+
+    A NaN or an infinity anywhere makes the minimum or the maximum non-finite, so the
+    range and the finiteness check come from the same pass over the data.
+    """
+    low, high = np.inf, -np.inf
+    for chunk in _chunks(images):
+        low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ValueError(f"{name} contains NaN or infinity.")
+    return low, high
 
 
-def pixel_mean(images: np.ndarray, value_scale: float) -> np.ndarray:
-    """Mean image ``(C, H, W)`` in network units, accumulated in float64 chunk by chunk."""
+def pixel_moments(images: np.ndarray, value_scale: float) -> tuple[np.ndarray, float]:
+    """Mean image ``(C, H, W)`` and the standard deviation of all pixels around it, in
+    network units, from one chunked pass accumulating sums and squares in float64."""
     total = np.zeros(images.shape[1:], dtype=np.float64)
-    for start in range(0, len(images), _CHUNK):
-        total += images[start : start + _CHUNK].sum(axis=0, dtype=np.float64)
-    return (total / len(images) * value_scale).astype(np.float32)
-
-
-def pixel_std(images: np.ndarray, mean: np.ndarray, value_scale: float) -> float:
-    """Standard deviation of all pixels around the mean image, in network units."""
-    total = 0.0
-    for start in range(0, len(images), _CHUNK):
-        chunk = images[start : start + _CHUNK].astype(np.float64) * value_scale
-        total += float(np.square(chunk - mean).sum())
-    return float(np.sqrt(total / images.size))
+    squares = np.zeros(images.shape[1:], dtype=np.float64)
+    for chunk in _chunks(images):
+        chunk = chunk.astype(np.float64) * value_scale
+        total += chunk.sum(axis=0)
+        squares += np.square(chunk).sum(axis=0)
+    mean = total / len(images)
+    variance = max(float((squares / len(images) - mean**2).mean()), 0.0)
+    return mean.astype(np.float32), float(np.sqrt(variance))
 
 
 class ImageOutput(nn.Module):
