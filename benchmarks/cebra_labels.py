@@ -11,7 +11,6 @@ import argparse
 import time
 
 import cebra
-import numpy as np
 
 from _results import markdown_table, write_section
 from cebra_halfunet import CEBRAEmbedding

@@ -86,7 +86,7 @@ def main(argv=None) -> dict:
     predictions = {
         "mean image": np.broadcast_to(frames_train.mean(axis=0), frames_test.shape),
         f"kNN (k={knn.best_params_['n_neighbors']})": knn.predict(embedding_test).reshape(frames_test.shape),
-        "HalfUNetRegressor": pipeline.predict(data.neural[split:]),
+        "HalfUNetRegressor": decoder.predict(embedding_test),  # = pipeline.predict on the test recording
     }
     scores = {}
     print(f"\n{'held-out frames':<22}{'SSIM':>8}{'PSNR dB':>9}{'corr':>8}")
