@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import warnings
 from numbers import Integral, Real
 
@@ -17,8 +19,14 @@ from ._checks import check_output_shape
 from .losses import LOSS_NAMES, make_loss
 from .metrics import pooled_r2
 from .networks import HalfUNetDecoder
+from .persistence import read_file, write_file
 from .targets import ImageOutput, TargetFormat, as_array, pixel_moments, value_range
-from .training import predict_into, resolve_device, train
+from .training import TrainingState, predict_into, release_device_memory, resolve_device, train
+
+#: Fitted attributes stored as JSON in decoder files (besides the weights and target_format_).
+_FITTED_METADATA = ("data_range_", "seed_", "n_features_in_", "history_", "n_epochs_", "best_epoch_")
+#: Parameters that may differ between a checkpointed run and the fit that resumes it.
+_RUN_ONLY_PARAMS = {"verbose", "device", "checkpoint_path", "checkpoint_every"}
 
 
 def _to_cpu(state):
@@ -30,6 +38,35 @@ def _to_cpu(state):
     if isinstance(state, (list, tuple)):
         return type(state)(_to_cpu(value) for value in state)
     return state
+
+
+def _json_params(params: dict) -> dict:
+    """Parameters as JSON values: tuples as lists, devices and paths as strings, a
+    RandomState instance as None (the drawn seed is kept in ``seed_``)."""
+    converted = {}
+    for name, value in params.items():
+        if isinstance(value, (torch.device, os.PathLike)):
+            value = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        elif isinstance(value, np.random.RandomState):
+            value = None
+        converted[name] = value
+    return converted
+
+
+def _out_of_memory(stage: str, advice: str) -> torch.cuda.OutOfMemoryError:
+    """Release the GPU memory and build the error that says what to change."""
+    release_device_memory()
+    return torch.cuda.OutOfMemoryError(
+        f"HalfUNetRegressor ran out of GPU memory during {stage}. {advice} "
+        "The GPU memory it held has been released, so a search can go on with other settings."
+    )
+
+
+def _with_prefix(tensors: dict, prefix: str) -> dict:
+    """The entries whose names start with ``prefix``, without it."""
+    return {name[len(prefix) :]: value for name, value in tensors.items() if name.startswith(prefix)}
 
 
 class HalfUNetRegressor(RegressorMixin, BaseEstimator):
@@ -76,6 +113,16 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         Show a progress bar with the losses.
     gradient_checkpointing : bool, default False
         Recompute activations in the backward pass: less memory, same result.
+    checkpoint_path : str, path or None, default None
+        Write a checkpoint (a safe decoder file, see :meth:`save`) here every
+        ``checkpoint_every`` epochs and at the end, atomically. A fresh ``fit`` whose
+        ``checkpoint_path`` exists resumes from it and ends as the uninterrupted run
+        would (same seed, CPU); the checkpoint must come from the same parameters
+        (``verbose``, ``device`` and the checkpoint settings may differ) and the same
+        ``X`` (checked by a hash) and form of ``y``. One path per fit: do not set it in a
+        grid search.
+    checkpoint_every : int, default 1
+        Epochs between checkpoints.
 
     Attributes
     ----------
@@ -99,6 +146,11 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
 
     Notes
     -----
+    Ctrl-C during ``fit`` stops after the batch in progress: the estimator keeps the best
+    weights so far (or the last ones without early stopping) and the history of the
+    completed epochs, warns, and re-raises ``KeyboardInterrupt``; ``partial_fit`` or
+    ``fit`` with ``warm_start=True`` continues from there.
+
     ``score`` is R² pooled over all pixels (see :func:`cebra_halfunet.metrics.pooled_r2`):
     the uniform average of per-pixel R² that ``RegressorMixin`` would give scores a pixel
     of constant background as perfect or as zero, which says nothing about the images.
@@ -122,6 +174,8 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         "warm_start": ["boolean"],
         "verbose": ["verbose"],
         "gradient_checkpointing": ["boolean"],
+        "checkpoint_path": [None, str, os.PathLike],
+        "checkpoint_every": [Interval(Integral, 1, None, closed="left")],
     }
 
     def __init__(
@@ -142,6 +196,8 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         warm_start=False,
         verbose=False,
         gradient_checkpointing=False,
+        checkpoint_path=None,
+        checkpoint_every=1,
     ):
         self.output_shape = output_shape
         self.output_channels = output_channels
@@ -159,6 +215,8 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         self.warm_start = warm_start
         self.verbose = verbose
         self.gradient_checkpointing = gradient_checkpointing
+        self.checkpoint_path = checkpoint_path
+        self.checkpoint_every = checkpoint_every
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -212,39 +270,94 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
             )
         n_train = len(X) - n_valid
 
-        if not incremental:
+        fingerprint = {
+            "n_samples": len(X),
+            "inputs_sha256": hashlib.sha256(np.ascontiguousarray(X).tobytes()).hexdigest(),
+            "target_format": target_format.to_json(),
+        }
+        state, earlier_history = None, self.history_ if incremental else []
+        if incremental:
+            pass
+        elif self.checkpoint_path is not None and os.path.exists(self.checkpoint_path):
+            state = self._resume(fingerprint)
+        else:
             self._initialise(target_format, images[:n_train], low, high)
         model = self.module_.to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        if incremental:
+        if incremental or state is not None:
             optimizer.load_state_dict(self.optimizer_state_)
             for group in optimizer.param_groups:
                 group.update(lr=self.lr, weight_decay=self.weight_decay)
 
+        first_epoch = self.n_epochs_ + 1 if incremental else 1
+
+        def write_checkpoint(state: TrainingState) -> None:
+            history = earlier_history + state.history
+            if self.checkpoint_path is not None and (history[-1]["epoch"] - first_epoch + 1) % self.checkpoint_every == 0:
+                self._write(self.checkpoint_path, model, optimizer.state_dict(), history, state, fingerprint)
+
         inputs, targets = torch.from_numpy(X), target_format.to_tensor(images)
-        result = train(
-            model,
-            optimizer,
-            self._training_loss(),
-            inputs[:n_train],
-            targets[:n_train],
-            X_valid=inputs[n_train:] if n_valid else None,
-            Y_valid=targets[n_train:] if n_valid else None,
-            encode=target_format.encode_batch,
-            max_epochs=epochs or self.max_epochs,
-            batch_size=self.batch_size,
-            device=device,
-            generator=torch.Generator().manual_seed(self.seed_ + self.n_epochs_),
-            patience=self.patience if use_validation else None,
-            first_epoch=self.n_epochs_ + 1,
-            verbose=bool(self.verbose),
-        )
+        try:
+            state = train(
+                model,
+                optimizer,
+                self._training_loss(),
+                inputs[:n_train],
+                targets[:n_train],
+                X_valid=inputs[n_train:] if n_valid else None,
+                Y_valid=targets[n_train:] if n_valid else None,
+                encode=target_format.encode_batch,
+                max_epochs=epochs or self.max_epochs,
+                batch_size=self.batch_size,
+                device=device,
+                seed=self.seed_,
+                patience=self.patience if use_validation else None,
+                first_epoch=first_epoch,
+                state=state,
+                on_epoch_end=write_checkpoint,
+                verbose=bool(self.verbose),
+            )
+        except torch.cuda.OutOfMemoryError:
+            state = None  # raised below, outside this block, which still holds the batch's tensors
         self.module_ = model.cpu()
+        if state is None:
+            del optimizer
+            raise _out_of_memory(
+                "fit",
+                f"Lower batch_size (now {self.batch_size}), latent_dim (now {self.latent_dim}; from 1024 up the "
+                f"large body is used), the image size (now {target_format.channels}x{target_format.shape[0]}x"
+                f"{target_format.shape[1]}), or set gradient_checkpointing=True.",
+            )
         self.optimizer_state_ = _to_cpu(optimizer.state_dict())
-        self.history_ = self.history_ + result.history
-        self.n_epochs_ = self.history_[-1]["epoch"]
-        self.best_epoch_ = result.best_epoch
+        self.history_ = earlier_history + state.history
+        self.n_epochs_ = self.history_[-1]["epoch"] if self.history_ else 0
+        self.best_epoch_ = state.best_epoch
+        if state.interrupted:
+            warnings.warn(
+                f"Training was interrupted after {len(state.history)} complete epoch(s); the decoder keeps "
+                f"{'the weights of epoch ' + str(state.best_epoch) if state.best_weights else 'its last weights'}. "
+                "partial_fit (or fit with warm_start=True) continues.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            raise KeyboardInterrupt
+        if self.checkpoint_path is not None:
+            self._write(self.checkpoint_path, self.module_, self.optimizer_state_, self.history_, state, fingerprint)
         return self
+
+    def _build_module(self, target_format: TargetFormat, offset: np.ndarray | None = None, scale: float = 1.0) -> ImageOutput:
+        """The network for ``target_format``: a HalfUNetDecoder behind the output scaling
+        (``offset`` ``(C, H, W)``, zeros when None: to be loaded from a state dict)."""
+        decoder = HalfUNetDecoder(
+            self.n_features_in_,
+            target_format.channels,
+            target_format.shape,
+            self.latent_dim,
+            gradient_checkpointing=self.gradient_checkpointing,
+        )
+        if offset is None:
+            offset = np.zeros((target_format.channels, *target_format.shape), dtype=np.float32)
+        return ImageOutput(decoder, offset, scale)
 
     def _initialise(self, target_format: TargetFormat, train_images: np.ndarray, low: float, high: float):
         """Build a fresh network for ``target_format``, normalised by the training targets."""
@@ -262,15 +375,100 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
             offset, scale = mean, std or 1.0
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed_)
-            decoder = HalfUNetDecoder(
-                self.n_features_in_,
-                target_format.channels,
-                target_format.shape,
-                self.latent_dim,
-                gradient_checkpointing=self.gradient_checkpointing,
-            )
-        self.module_ = ImageOutput(decoder, offset, scale)
+            self.module_ = self._build_module(target_format, offset, scale)
         self.history_, self.n_epochs_, self.best_epoch_ = [], 0, None
+
+    # ------------------------------------------------------ files and checkpoints
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the fitted decoder to ``path`` in a format that cannot run code when loaded.
+
+        One safetensors file: weights and optimizer moments as raw tensors, parameters
+        and fitted metadata as JSON, a format version and a checksum. Share these files;
+        open pickles/joblib files only from sources you trust. Written atomically.
+        """
+        check_is_fitted(self, "module_")
+        self._write(path, self.module_, self.optimizer_state_, self.history_)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> HalfUNetRegressor:
+        """Read a decoder written by :meth:`save` (or a checkpoint); predicts identically.
+
+        Raises ``ValueError`` for files that are not decoder files (e.g. pickles, which are
+        never unpickled), were altered (checksum), come from a newer format version, or
+        whose weights do not fit the recorded parameters.
+        """
+        metadata, tensors = read_file(path)
+        if metadata.get("estimator") != cls.__name__:
+            raise ValueError(f"path {os.fspath(path)!r} holds a {metadata.get('estimator')!r}, not a {cls.__name__}.")
+        try:
+            estimator = cls(**metadata["params"])
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"path {os.fspath(path)!r} has parameters {cls.__name__} does not take: {error}.") from None
+        if isinstance(estimator.output_shape, list):
+            estimator.output_shape = tuple(estimator.output_shape)
+        estimator._validate_params()
+        estimator._restore(path, metadata, tensors)
+        return estimator
+
+    def _write(self, path, module, optimizer_state, history, state: TrainingState | None = None, fingerprint=None):
+        """Save the decoder (and, for a checkpoint, the training state) to ``path``."""
+        tensors = {f"module.{name}": value for name, value in module.state_dict().items()}
+        for index, moments in optimizer_state["state"].items():
+            tensors.update({f"optimizer.{index}.{name}": value for name, value in moments.items()})
+        fitted = {name: getattr(self, name) for name in _FITTED_METADATA}
+        fitted.update(history_=history, n_epochs_=history[-1]["epoch"] if history else 0, target_format_=self.target_format_.to_json())
+        metadata = {
+            "estimator": type(self).__name__,
+            "params": _json_params(self.get_params(deep=False)),
+            "fitted": fitted,
+            "optimizer_param_groups": optimizer_state["param_groups"],
+        }
+        if state is not None:
+            fitted["best_epoch_"] = state.best_epoch
+            metadata["training"] = {"best_loss": state.best_loss, "fingerprint": fingerprint}
+            tensors.update({f"best.{name}": value for name, value in (state.best_weights or {}).items()})
+        write_file(path, tensors, metadata)
+
+    def _restore(self, path, metadata: dict, tensors: dict) -> None:
+        """Set the fitted attributes from a decoder file's contents."""
+        try:
+            fitted = metadata["fitted"]
+            self.target_format_ = TargetFormat.from_json(fitted["target_format_"])
+            for name in _FITTED_METADATA:
+                setattr(self, name, fitted[name])
+            self.module_ = self._build_module(self.target_format_)
+            self.module_.load_state_dict(_with_prefix(tensors, "module."))
+            moments: dict[int, dict] = {}
+            for name, value in _with_prefix(tensors, "optimizer.").items():
+                index, key = name.split(".", 1)
+                moments.setdefault(int(index), {})[key] = value
+            self.optimizer_state_ = {"state": moments, "param_groups": metadata["optimizer_param_groups"]}
+            torch.optim.AdamW(self.module_.parameters()).load_state_dict(self.optimizer_state_)
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise ValueError(
+                f"path {os.fspath(path)!r} does not describe a decoder this version can rebuild: {error}"
+            ) from None
+
+    def _resume(self, fingerprint: dict) -> TrainingState:
+        """Restore the checkpoint at ``checkpoint_path`` and the training state in it."""
+        path = self.checkpoint_path
+        metadata, tensors = read_file(path)
+        ours = {k: v for k, v in _json_params(self.get_params(deep=False)).items() if k not in _RUN_ONLY_PARAMS}
+        theirs = {k: v for k, v in metadata.get("params", {}).items() if k not in _RUN_ONLY_PARAMS}
+        training = metadata.get("training")
+        if ours != theirs or training is None or training.get("fingerprint") != fingerprint:
+            what = "parameters" if ours != theirs else "data (X or the form of y)" if training else "kind of file (not a checkpoint)"
+            raise ValueError(
+                f"checkpoint_path={os.fspath(path)!r} holds a different fit: its {what} differ from this one. "
+                "Delete the file or pass another checkpoint_path."
+            )
+        self._restore(path, metadata, tensors)
+        return TrainingState(
+            history=list(self.history_),
+            best_loss=training["best_loss"],
+            best_epoch=self.best_epoch_,
+            best_weights=_with_prefix(tensors, "best.") or None,
+        )
 
     def _training_loss(self):
         """The loss being minimised, in network units (targets' span times the value scale)."""
@@ -281,22 +479,29 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         """Images for embeddings ``X`` ``(N, D)``, in the form of ``y`` in ``fit``.
 
         Runs in batches of ``batch_size`` under ``torch.no_grad()`` and writes into one
-        preallocated array: memory is the output plus one batch, for any ``N``.
+        preallocated array: memory is the output plus one batch, for any ``N``. A batch
+        that runs out of GPU memory is retried with half the batch size (with a warning).
         """
         check_is_fitted(self, "module_")
         X = validate_data(self, X, reset=False, dtype=np.float32)
         target_format = self.target_format_
         out = np.empty((len(X), target_format.channels, *target_format.shape), dtype=target_format.output_dtype)
         activation = torch.sigmoid if self.loss == "bce" else (lambda t: t)
-        predict_into(
-            self.module_,
-            torch.from_numpy(X),
-            out,
-            lambda batch: target_format.decode_batch(activation(batch)),
-            self.batch_size,
-            self._inference_device(),
-        )
+        try:
+            predict_into(
+                self.module_,
+                torch.from_numpy(X),
+                out,
+                lambda batch: target_format.decode_batch(activation(batch)),
+                self.batch_size,
+                self._inference_device(),
+            )
+            out_of_memory = False
+        except torch.cuda.OutOfMemoryError:
+            out_of_memory = True  # raised below, outside this block, which still holds the batch's tensors
         self.module_.cpu()
+        if out_of_memory:
+            raise _out_of_memory("predict", "It failed even one sample at a time: predict with device='cpu'.")
         return target_format.from_images(out)
 
     def _inference_device(self) -> torch.device:

@@ -94,6 +94,18 @@ class TargetFormat:
             raise ValueError(f"Expected targets with output_channels={output_channels} channels, got {channels}.")
         return cls(y.ndim, int(channels), tuple(int(s) for s in shape), y.dtype)
 
+    def to_json(self) -> dict:
+        """JSON-serialisable form (decoder files)."""
+        return {"ndim": self.ndim, "channels": self.channels, "shape": list(self.shape), "dtype": self.dtype.str}
+
+    @classmethod
+    def from_json(cls, values: dict) -> TargetFormat:
+        """Inverse of :meth:`to_json`."""
+        dtype = np.dtype(values["dtype"])
+        if dtype.kind not in "biuf":
+            raise ValueError(f"target dtype must be bool, integer or float, got {dtype}.")
+        return cls(int(values["ndim"]), int(values["channels"]), tuple(int(s) for s in values["shape"]), dtype)
+
     @property
     def value_scale(self) -> float:
         """Factor from stored values to the [0, 1]-like units the network learns (1/255 for uint8)."""

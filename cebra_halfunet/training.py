@@ -9,8 +9,12 @@ dtype (uint8 frames stay uint8) until a batch is on the compute device.
 from __future__ import annotations
 
 import copy
+import gc
 import math
+import signal
+import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -38,6 +42,13 @@ def resolve_device(device) -> torch.device:
     return resolved
 
 
+def release_device_memory() -> None:
+    """Free what the caching allocator holds, so that the next fit (a grid search) has it."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _batches(n: int, batch_size: int, order: torch.Tensor | None = None):
     """Index batches: slices in order, or chunks of ``order`` (a permutation)."""
     for start in range(0, n, batch_size):
@@ -49,15 +60,55 @@ def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 @dataclass
-class TrainingResult:
-    """What one call of :func:`train` did.
+class TrainingState:
+    """Where a run of :func:`train` stands; enough to continue it exactly (checkpoints).
 
-    ``history`` holds one dict per epoch: ``epoch`` (counted over all calls),
-    ``train_loss``, ``valid_loss`` (None without validation data) and ``duration_s``.
+    Attributes
+    ----------
+    history : list of dict
+        One dict per completed epoch: ``epoch`` (counted over all calls), ``train_loss``,
+        ``valid_loss`` (None without validation data) and ``duration_s``.
+    best_loss, best_epoch
+        Lowest validation loss so far and its epoch (None before the first).
+    best_weights : dict or None
+        State dict of the best epoch (kept when early stopping is on).
+    interrupted : bool
+        The run was stopped by Ctrl-C (KeyboardInterrupt).
     """
 
     history: list[dict] = field(default_factory=list)
+    best_loss: float = math.inf
     best_epoch: int | None = None
+    best_weights: dict | None = None
+    interrupted: bool = False
+
+    def patience_exhausted(self, patience: int | None) -> bool:
+        """``patience`` epochs have passed since the best one."""
+        if patience is None or self.best_epoch is None:
+            return False
+        return self.history[-1]["epoch"] - self.best_epoch >= patience
+
+
+class _InterruptFlag:
+    """Context in which Ctrl-C sets ``requested`` instead of raising, so that the loop can
+    stop cleanly after the current batch. A second Ctrl-C raises at once. Outside the main
+    thread (where signal handlers cannot be set) a KeyboardInterrupt arrives as usual."""
+
+    requested = False
+
+    def __enter__(self):
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)
+
+    def __exit__(self, *exc_info):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def train(
@@ -71,14 +122,16 @@ def train(
     max_epochs: int,
     batch_size: int,
     device: torch.device,
-    generator: torch.Generator,
+    seed: int,
     X_valid: torch.Tensor | None = None,
     Y_valid: torch.Tensor | None = None,
     patience: int | None = None,
     first_epoch: int = 1,
+    state: TrainingState | None = None,
+    on_epoch_end: Callable[[TrainingState], None] | None = None,
     verbose: bool = False,
-) -> TrainingResult:
-    """Train ``model`` in place with mini-batches drawn from a seeded permutation.
+) -> TrainingState:
+    """Train ``model`` in place with mini-batches drawn from seeded permutations.
 
     Parameters
     ----------
@@ -90,8 +143,9 @@ def train(
         Maps a stored target batch (already on ``device``) to float network units.
     max_epochs, batch_size : int
     device : torch.device
-    generator : torch.Generator
-        CPU generator for the shuffling: same seed, same batches.
+    seed : int
+        Epoch ``e`` is shuffled by a generator seeded with ``seed + e``: same seed, same
+        batches, also when a run is resumed from a checkpoint.
     X_valid, Y_valid : Tensor, optional
         Validation data, evaluated after every epoch.
     patience : int or None
@@ -100,39 +154,68 @@ def train(
         keeps the last weights.
     first_epoch : int
         Number of the first epoch (continued training counts on).
+    state : TrainingState, optional
+        State of an earlier, unfinished run of the same call (from a checkpoint): the
+        run continues after its last epoch, up to ``first_epoch + max_epochs - 1``.
+    on_epoch_end : callable, optional
+        Called with the state after every completed epoch (e.g. to write a checkpoint).
     verbose : bool
         Show a progress bar with the losses.
+
+    Returns
+    -------
+    TrainingState
+        ``interrupted`` is True when Ctrl-C stopped the run: the loop stops after the
+        batch in progress, drops that unfinished epoch from the history and still restores
+        the best weights; the caller decides whether to re-raise.
     """
     model.to(device)
-    result = TrainingResult()
-    best_loss, best_state = math.inf, None
-    n = len(X)
-    bar = tqdm(range(first_epoch, first_epoch + max_epochs), desc="HalfUNet", unit="epoch", disable=not verbose)
-    for epoch in bar:
-        start = time.perf_counter()
-        model.train()
-        total = torch.zeros((), device=device)
-        for index in _batches(n, batch_size, torch.randperm(n, generator=generator)):
-            prediction = model(_to_device(X[index], device))
-            loss = loss_fn(prediction, encode(_to_device(Y[index], device)))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach() * len(index)
-        record = {"epoch": epoch, "train_loss": total.item() / n, "valid_loss": None}
-        if X_valid is not None:
-            record["valid_loss"] = evaluate(model, loss_fn, X_valid, Y_valid, encode, batch_size, device)
-            if record["valid_loss"] < best_loss:
-                best_loss, result.best_epoch = record["valid_loss"], epoch
-                best_state = copy.deepcopy(model.state_dict()) if patience is not None else None
-        record["duration_s"] = time.perf_counter() - start
-        result.history.append(record)
-        bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k.endswith("loss") and v is not None})
-        if patience is not None and result.best_epoch is not None and epoch - result.best_epoch >= patience:
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return result
+    state = state if state is not None else TrainingState()
+    start = state.history[-1]["epoch"] + 1 if state.history else first_epoch
+    epochs = range(start, first_epoch + max_epochs)
+    with _InterruptFlag() as interrupt, tqdm(epochs, desc="HalfUNet", unit="epoch", disable=not verbose) as bar:
+        for epoch in bar:
+            if state.patience_exhausted(patience):
+                break
+            started = time.perf_counter()
+            try:
+                train_loss = _train_epoch(model, optimizer, loss_fn, X, Y, encode, batch_size, device, seed + epoch, interrupt)
+            except KeyboardInterrupt:
+                train_loss = None
+            if train_loss is None:
+                state.interrupted = True
+                break
+            record = {"epoch": epoch, "train_loss": train_loss, "valid_loss": None}
+            if X_valid is not None:
+                record["valid_loss"] = evaluate(model, loss_fn, X_valid, Y_valid, encode, batch_size, device)
+                if record["valid_loss"] < state.best_loss:
+                    state.best_loss, state.best_epoch = record["valid_loss"], epoch
+                    state.best_weights = copy.deepcopy(model.state_dict()) if patience is not None else None
+            record["duration_s"] = time.perf_counter() - started
+            state.history.append(record)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k.endswith("loss") and v is not None})
+            if on_epoch_end is not None:
+                on_epoch_end(state)
+    if state.best_weights is not None:
+        model.load_state_dict(state.best_weights)
+    return state
+
+
+def _train_epoch(model, optimizer, loss_fn, X, Y, encode, batch_size, device, seed, interrupt) -> float | None:
+    """Mean training loss of one pass over shuffled batches; None if interrupted."""
+    model.train()
+    total = torch.zeros((), device=device)
+    order = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed))
+    for index in _batches(len(X), batch_size, order):
+        prediction = model(_to_device(X[index], device))
+        loss = loss_fn(prediction, encode(_to_device(Y[index], device)))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach() * len(index)
+        if interrupt.requested:
+            return None
+    return total.item() / len(X)
 
 
 @torch.no_grad()
@@ -157,9 +240,25 @@ def predict_into(
 ) -> np.ndarray:
     """Write ``decode(model(X))`` batch by batch into the preallocated array ``out``.
 
-    Memory beyond ``out`` is one batch of inputs and outputs, whatever ``len(X)``.
+    Memory beyond ``out`` is one batch of inputs and outputs, whatever ``len(X)``. When a
+    batch runs out of GPU memory the batch size is halved (with a warning) and the batch
+    retried, down to single samples.
     """
     model.to(device).eval()
-    for index in _batches(len(X), batch_size):
-        out[index] = decode(model(_to_device(X[index], device))).cpu().numpy()
+    start = 0
+    while start < len(X):
+        stop = min(start + batch_size, len(X))
+        try:
+            out[start:stop] = decode(model(_to_device(X[start:stop], device))).cpu().numpy()
+        except torch.cuda.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            out_of_memory = True  # handled outside the except block, which holds the batch's tensors
+        else:
+            out_of_memory = False
+            start = stop
+        if out_of_memory:
+            release_device_memory()
+            batch_size //= 2
+            warnings.warn(f"predict ran out of GPU memory; retrying with batch_size={batch_size}.", RuntimeWarning, stacklevel=4)
     return out

@@ -6,7 +6,6 @@ import pytest
 import torch
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
-from sklearn.utils._param_validation import InvalidParameterError
 
 from cebra_halfunet import HalfUNetRegressor, correlation_scorer, psnr_scorer, ssim_scorer
 from cebra_halfunet.metrics import pooled_r2
@@ -303,91 +302,3 @@ def test_missing_cuda_falls_back_to_cpu_for_predict(data, monkeypatch):
     model.set_params(device="cuda")
     with pytest.warns(RuntimeWarning, match="CPU instead"):
         assert model.predict(z).shape == images.shape
-
-
-# --------------------------------------------------------------- bad input
-@pytest.mark.parametrize(
-    "make_args, error, match",
-    [
-        (lambda z, y: (z[:50], y), ValueError, "same number of samples"),
-        (lambda z, y: (np.where(np.arange(4) == 0, np.nan, z), y), ValueError, "NaN"),
-        (lambda z, y: (z, np.where(np.arange(16) == 3, np.inf, y)), ValueError, "y contains NaN or infinity"),
-        (lambda z, y: (z, np.where(np.arange(16) == 3, np.nan, y)), ValueError, "y contains NaN or infinity"),
-        (lambda z, y: (z[:, :, None], y), ValueError, "dim 3"),
-        (lambda z, y: (z, y[:, :, :, :, None]), ValueError, "rank 5"),
-        (lambda z, y: (z[:0], y[:0]), ValueError, "0 sample"),
-        (lambda z, y: (z[:1], y[:1]), ValueError, "1 sample"),
-        (lambda z, y: (z, y.astype(np.complex64)), TypeError, "real numbers"),
-        (lambda z, y: (z, np.array([["a"] * 3] * 60, dtype=object)), TypeError, "real numbers"),
-    ],
-)
-def test_bad_data_raises_before_training(data, make_args, error, match, monkeypatch):
-    z, images = data
-    trained = []
-    monkeypatch.setattr("cebra_halfunet.estimator.train", lambda *a, **k: trained.append(1))
-    with pytest.raises(error, match=match):
-        regressor().fit(*make_args(z, images))
-    assert not trained
-
-
-@pytest.mark.parametrize(
-    "kwargs, y_form, match",
-    [
-        ({"output_shape": (8, 15)}, "flat", "does not fit output_shape"),
-        ({"output_shape": (8, 16), "output_channels": 2}, "flat", "does not fit output_shape"),
-        ({"output_shape": (16, 8)}, "nchw", r"output_shape=\(16, 8\)"),
-        ({"output_channels": 3}, "nchw", "output_channels=3"),
-        ({"loss": "bce"}, "scaled", r"targets in \[0, 1\]"),
-    ],
-)
-def test_targets_that_do_not_fit_the_parameters(data, kwargs, y_form, match):
-    z, images = data
-    y = {"flat": images.reshape(60, -1), "nchw": images, "scaled": images * 2}[y_form]
-    with pytest.raises(ValueError, match=match):
-        regressor(**kwargs).fit(z, y)
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [{"loss": "huber"}, {"lr": -1.0}, {"lr": 0}, {"batch_size": 0}, {"max_epochs": 0}, {"validation_fraction": 1.0},
-     {"latent_dim": 0}, {"patience": 0}, {"early_stopping": "yes"}],
-)
-def test_invalid_hyper_parameters_raise_at_fit(data, kwargs):
-    z, images = data
-    model = regressor(**kwargs)  # construction accepts anything, as scikit-learn requires
-    with pytest.raises(InvalidParameterError, match=next(iter(kwargs))):
-        model.fit(z, images)
-
-
-@pytest.mark.parametrize("device", ["tpu", "cuda:7", "not a device"])
-def test_unknown_or_missing_device(data, device, monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    z, images = data
-    with pytest.raises(ValueError, match="device"):
-        regressor(device=device).fit(z, images)
-
-
-def test_bad_output_shape_parameter(data):
-    z, images = data
-    with pytest.raises(ValueError, match="output_shape"):
-        regressor(output_shape=(8, 16, 2)).fit(z, images)
-
-
-def test_predict_checks(data):
-    z, images = data
-    from sklearn.exceptions import NotFittedError
-
-    with pytest.raises(NotFittedError):
-        regressor().predict(z)
-    model = regressor().fit(z, images)
-    with pytest.raises(ValueError, match="features"):
-        model.predict(z[:, :3])
-    with pytest.raises(ValueError, match="shape"):
-        model.score(z, images[:, :, :4])
-
-
-def test_early_stopping_needs_a_validation_fraction(data):
-    z, images = data
-    with pytest.raises(ValueError, match="validation_fraction"):
-        regressor(validation_fraction=0.0).fit(z, images)
-    assert regressor(validation_fraction=0.0, early_stopping=False).fit(z, images).n_epochs_ == 3

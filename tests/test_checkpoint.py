@@ -1,0 +1,90 @@
+"""Checkpoints: written atomically every N epochs; a fit resumed after a crash ends exactly
+as the uninterrupted run."""
+
+import os
+
+import numpy as np
+import pytest
+
+from cebra_halfunet import HalfUNetRegressor
+
+FAST = dict(latent_dim=16, max_epochs=6, batch_size=16, patience=2, random_state=0)  # 4 training batches/epoch
+
+
+def crash_at_batch(monkeypatch, at_batch):
+    """Make training raise RuntimeError at training batch ``at_batch`` (a crash)."""
+    batches = []
+    original = HalfUNetRegressor._training_loss
+
+    def training_loss(self):
+        loss = original(self)
+
+        def crashing(prediction, target):
+            if prediction.requires_grad:
+                batches.append(1)
+                if len(batches) == at_batch:
+                    raise RuntimeError("simulated crash")
+            return loss(prediction, target)
+
+        return crashing
+
+    monkeypatch.setattr(HalfUNetRegressor, "_training_loss", training_loss)
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_resumed_fit_equals_the_uninterrupted_run(data, tmp_path, monkeypatch, every):
+    z, images = data
+    reference = HalfUNetRegressor(**FAST).fit(z, images)
+    path = tmp_path / "run.safetensors"
+    with monkeypatch.context() as patch:
+        crash_at_batch(patch, at_batch=14)  # in epoch 4
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            HalfUNetRegressor(**FAST, checkpoint_path=path, checkpoint_every=every).fit(z, images)
+    saved = HalfUNetRegressor.load(path)
+    assert saved.n_epochs_ == {1: 3, 2: 2}[every]
+    resumed = HalfUNetRegressor(**FAST, checkpoint_path=str(path), checkpoint_every=every, verbose=1).fit(z, images)
+    assert [r["epoch"] for r in resumed.history_] == [r["epoch"] for r in reference.history_]
+    np.testing.assert_allclose([r["valid_loss"] for r in resumed.history_], [r["valid_loss"] for r in reference.history_])
+    assert resumed.best_epoch_ == reference.best_epoch_
+    np.testing.assert_array_equal(resumed.predict(z), reference.predict(z))
+    assert os.listdir(tmp_path) == ["run.safetensors"]  # no temporary files left
+
+
+def test_finished_checkpoint_gives_the_same_decoder_without_training(data, tmp_path, monkeypatch):
+    z, images = data
+    path = tmp_path / "run.safetensors"
+    first = HalfUNetRegressor(**FAST, checkpoint_path=path).fit(z, images)
+    crash_at_batch(monkeypatch, at_batch=1)  # any training batch would crash
+    again = HalfUNetRegressor(**FAST, checkpoint_path=path).fit(z, images)
+    np.testing.assert_array_equal(again.predict(z), first.predict(z))
+    assert again.history_ == first.history_
+
+
+def test_checkpoint_of_another_fit_is_refused(data, tmp_path):
+    z, images = data
+    path = tmp_path / "run.safetensors"
+    HalfUNetRegressor(**FAST, checkpoint_path=path).fit(z, images)
+    with pytest.raises(ValueError, match="checkpoint_path=.*parameters differ"):
+        HalfUNetRegressor(**(FAST | {"lr": 0.01}), checkpoint_path=path).fit(z, images)
+    with pytest.raises(ValueError, match="checkpoint_path=.*data"):
+        HalfUNetRegressor(**FAST, checkpoint_path=path).fit(z + 1, images)
+    HalfUNetRegressor(**FAST).fit(z, images).save(path)  # a saved decoder, not a checkpoint
+    with pytest.raises(ValueError, match="not a checkpoint"):
+        HalfUNetRegressor(**FAST, checkpoint_path=path).fit(z, images)
+
+
+def test_a_failed_write_leaves_the_previous_file(data, tmp_path, monkeypatch):
+    z, images = data
+    path = tmp_path / "run.safetensors"
+    model = HalfUNetRegressor(**(FAST | {"max_epochs": 2}), checkpoint_path=path).fit(z, images)
+    before = path.read_bytes()
+
+    def failing_save(tensors, filename, metadata=None):
+        with open(filename, "wb") as file:
+            file.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr("cebra_halfunet.persistence.save_file", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        model.partial_fit(z, images)  # writes its checkpoint over the same path
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["run.safetensors"]

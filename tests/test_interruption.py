@@ -1,0 +1,69 @@
+"""Ctrl-C during fit: stop after the batch, keep the best weights and history, warn, re-raise."""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from cebra_halfunet import HalfUNetRegressor
+
+FAST = dict(latent_dim=16, max_epochs=5, batch_size=16, random_state=0)  # 54 training samples: 4 batches/epoch
+
+
+def interrupting_loss(monkeypatch, at_batch, interrupt):
+    """Make the training loss call ``interrupt()`` at training batch ``at_batch`` (1-based);
+    returns the list of training batches run."""
+    batches = []
+    original = HalfUNetRegressor._training_loss
+
+    def training_loss(self):
+        loss = original(self)
+
+        def counted(prediction, target):
+            if prediction.requires_grad:  # training batches, not validation
+                batches.append(1)
+                if len(batches) == at_batch:
+                    interrupt()
+            return loss(prediction, target)
+
+        return counted
+
+    monkeypatch.setattr(HalfUNetRegressor, "_training_loss", training_loss)
+    return batches
+
+
+def send_sigint():
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def raise_keyboard_interrupt():
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("interrupt", [send_sigint, raise_keyboard_interrupt])
+def test_ctrl_c_keeps_the_best_weights_warns_and_reraises(data, monkeypatch, interrupt):
+    z, images = data
+    reference = HalfUNetRegressor(**(FAST | {"max_epochs": 2})).fit(z, images)
+    handler = signal.getsignal(signal.SIGINT)
+    batches = interrupting_loss(monkeypatch, at_batch=10, interrupt=interrupt)  # epoch 3, batch 2
+    model = HalfUNetRegressor(**FAST)
+    with pytest.raises(KeyboardInterrupt), pytest.warns(RuntimeWarning, match="interrupted after 2 complete epoch"):
+        model.fit(z, images)
+    assert len(batches) == 10  # stopped after the batch in progress
+    assert signal.getsignal(signal.SIGINT) is handler
+    assert [record["epoch"] for record in model.history_] == [1, 2] and model.n_epochs_ == 2
+    assert model.best_epoch_ == reference.best_epoch_
+    np.testing.assert_array_equal(model.predict(z), reference.predict(z))
+
+
+def test_interrupted_fit_without_validation_keeps_the_last_weights_and_partial_fit_resumes(data, monkeypatch):
+    z, images = data
+    batches = interrupting_loss(monkeypatch, at_batch=6, interrupt=send_sigint)  # epoch 2, batch 2 of 4
+    model = HalfUNetRegressor(**FAST, early_stopping=False)
+    with pytest.raises(KeyboardInterrupt), pytest.warns(RuntimeWarning, match="its last weights"):
+        model.fit(z, images)
+    assert len(batches) == 6 and model.n_epochs_ == 1 and model.best_epoch_ is None
+    assert model.predict(z).shape == images.shape
+    model.partial_fit(z, images)
+    assert [record["epoch"] for record in model.history_] == [1, 2]

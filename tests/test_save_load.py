@@ -1,0 +1,137 @@
+"""save/load: a format that cannot run code on load, refusing altered or foreign files."""
+
+import json
+import pickle
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import safe_open, save_file
+from sklearn.exceptions import NotFittedError
+
+from cebra_halfunet import HalfUNetRegressor
+
+from .conftest import make_images
+
+FAST = dict(latent_dim=16, max_epochs=3, batch_size=16, random_state=0)
+
+
+@pytest.fixture
+def fitted(data):
+    z, images = data
+    return HalfUNetRegressor(**FAST, loss="l1_ssim").fit(z, images)
+
+
+def rewrite(path, edit_metadata=None, edit_tensors=None):
+    """Rewrite a decoder file with its JSON header or tensors changed (a tampered file)."""
+    with safe_open(path, framework="pt") as file:
+        header = json.loads(file.metadata()["cebra_halfunet"])
+        tensors = {name: file.get_tensor(name) for name in file.keys()}
+    if edit_metadata:
+        edit_metadata(header)
+    if edit_tensors:
+        edit_tensors(tensors)
+    save_file(tensors, path, metadata={"cebra_halfunet": json.dumps(header)})
+
+
+def test_round_trip_predicts_identically_and_keeps_everything(data, fitted, tmp_path):
+    z, images = data
+    path = tmp_path / "decoder.safetensors"
+    fitted.save(path)
+    loaded = HalfUNetRegressor.load(path)
+    assert loaded.get_params() == fitted.get_params()
+    np.testing.assert_array_equal(loaded.predict(z), fitted.predict(z))
+    for name in ["target_format_", "data_range_", "seed_", "n_features_in_", "history_", "n_epochs_", "best_epoch_"]:
+        assert getattr(loaded, name) == getattr(fitted, name)
+    # the optimizer state came along: continued training is the same as without the round trip
+    np.testing.assert_array_equal(loaded.partial_fit(z, images).predict(z), fitted.partial_fit(z, images).predict(z))
+
+
+@pytest.mark.parametrize("form", ["uint8", "flat"])
+def test_round_trip_of_other_target_forms(form, tmp_path):
+    z, images = make_images(channels=3)
+    y = (images * 255).astype(np.uint8) if form == "uint8" else images.reshape(60, -1)
+    kwargs = {"output_shape": (8, 16)} if form == "flat" else {}
+    model = HalfUNetRegressor(**FAST, **kwargs).fit(z, y)
+    model.save(tmp_path / "decoder")
+    loaded = HalfUNetRegressor.load(tmp_path / "decoder")
+    assert loaded.output_shape == model.output_shape
+    prediction = loaded.predict(z)
+    assert prediction.dtype == y.dtype and prediction.shape == y.shape
+    np.testing.assert_array_equal(prediction, model.predict(z))
+
+
+def test_saving_an_unfitted_decoder_raises(tmp_path):
+    with pytest.raises(NotFittedError):
+        HalfUNetRegressor().save(tmp_path / "decoder")
+
+
+class Payload:
+    """Pickles into a call that would create a file when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('pwned')",)
+
+
+@pytest.mark.parametrize("write", [pickle.dump, joblib.dump, torch.save])
+def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path, write):
+    marker, path = tmp_path / "pwned", tmp_path / "decoder.safetensors"
+    with open(path, "wb") as file:
+        write(Payload(marker), file)
+    with open(path, "rb") as file:  # the payload is live: unpickling it would run it
+        assert file.read(1) in (b"\x80", b"P")
+    with pytest.raises(ValueError, match="not a cebra-halfunet decoder file"):
+        HalfUNetRegressor.load(path)
+    assert not marker.exists()
+
+
+def test_a_joblib_pickled_decoder_is_not_loaded(fitted, tmp_path):
+    joblib.dump(fitted, tmp_path / "decoder.joblib")
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        HalfUNetRegressor.load(tmp_path / "decoder.joblib")
+
+
+def test_altered_weights_fail_the_checksum(fitted, tmp_path):
+    path = tmp_path / "decoder"
+    fitted.save(path)
+    rewrite(path, edit_tensors=lambda tensors: tensors["module.offset"].add_(0.5))
+    with pytest.raises(ValueError, match="checksum"):
+        HalfUNetRegressor.load(path)
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda header: header["params"].update(latent_dim=32), "does not describe a decoder"),
+        (lambda header: header["params"].update(lr=-1.0), "lr"),
+        (lambda header: header["params"].update(evil="x"), "does not take"),
+        (lambda header: header["fitted"]["target_format_"].update(dtype="|O"), "dtype"),
+        (lambda header: header.update(format_version=2), "Upgrade"),
+        (lambda header: header.update(format="something else"), "no cebra-halfunet header"),
+        (lambda header: header.update(estimator="CEBRA"), "not a HalfUNetRegressor"),
+        (lambda header: header["fitted"].pop("seed_"), "seed_"),
+    ],
+)
+def test_mismatched_or_tampered_metadata_is_refused(fitted, tmp_path, edit, match):
+    path = tmp_path / "decoder"
+    fitted.save(path)
+    rewrite(path, edit_metadata=edit)
+    with pytest.raises(ValueError, match=match):
+        HalfUNetRegressor.load(path)
+
+
+def test_files_from_another_torch_or_library_version_load(data, fitted, tmp_path):
+    z, _ = data
+    path = tmp_path / "decoder"
+    fitted.save(path)
+    rewrite(path, edit_metadata=lambda header: header.update(torch_version="2.4.1", library_version="0.0.9"))
+    np.testing.assert_array_equal(HalfUNetRegressor.load(path).predict(z), fitted.predict(z))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        HalfUNetRegressor.load(tmp_path / "nothing")
