@@ -3,7 +3,10 @@ functional API.
 
 Data are in-memory tensors indexed by a shuffled permutation (no ``DataLoader``: for
 tensors already in memory it only adds per-batch overhead). Targets stay in their stored
-dtype (uint8 frames stay uint8) until a batch is on the compute device.
+dtype (uint8 frames stay uint8) until a batch is on the compute device. On a GPU the data
+move there once when they fit in a quarter of the free memory, and otherwise travel batch
+by batch through pinned memory with non-blocking copies. No ``.item()`` per batch: the
+epoch's loss is summed on the device and read once.
 """
 
 from __future__ import annotations
@@ -56,7 +59,22 @@ def _batches(n: int, batch_size: int, order: torch.Tensor | None = None):
 
 
 def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch on ``device``; host batches bound for a GPU go through pinned memory, so the
+    copy is asynchronous and overlaps the computation."""
+    if device.type == "cuda" and not tensor.is_cuda:
+        tensor = tensor.pin_memory()
     return tensor.to(device, non_blocking=True)
+
+
+def _resident(tensors: list[torch.Tensor | None], device: torch.device) -> list[torch.Tensor | None]:
+    """On a GPU, move the data there once when it takes less than a quarter of the free
+    memory (no copies per batch); otherwise, and on the CPU, leave it where it is."""
+    if device.type != "cuda":
+        return tensors
+    size = sum(t.nbytes for t in tensors if t is not None)
+    if size >= torch.cuda.mem_get_info(device)[0] / 4:
+        return tensors
+    return [None if t is None else t.to(device) for t in tensors]
 
 
 @dataclass
@@ -170,6 +188,7 @@ def train(
         the best weights; the caller decides whether to re-raise.
     """
     model.to(device)
+    X, Y, X_valid, Y_valid = _resident([X, Y, X_valid, Y_valid], device)
     state = state if state is not None else TrainingState()
     start = state.history[-1]["epoch"] + 1 if state.history else first_epoch
     epochs = range(start, first_epoch + max_epochs)
@@ -205,7 +224,7 @@ def _train_epoch(model, optimizer, loss_fn, X, Y, encode, batch_size, device, se
     """Mean training loss of one pass over shuffled batches; None if interrupted."""
     model.train()
     total = torch.zeros((), device=device)
-    order = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed))
+    order = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed)).to(X.device)
     for index in _batches(len(X), batch_size, order):
         prediction = model(_to_device(X[index], device))
         loss = loss_fn(prediction, encode(_to_device(Y[index], device)))

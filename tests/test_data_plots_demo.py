@@ -7,7 +7,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from cebra_halfunet import HalfUNetRegressor
-from cebra_halfunet.datasets import make_moving_blobs
+from cebra_halfunet.datasets import make_moving_blobs, make_natural_movie_v1
 from cebra_halfunet.plotting import plot_learning_curve, plot_reconstructions
 
 
@@ -31,6 +31,80 @@ def test_generated_paths_are_stationary():
     assert (test.min(0) >= train.min(0) - 0.05).all() and (test.max(0) <= train.max(0) + 0.05).all()
 
 
+SMALL = dict(n_frames=400, output_shape=(16, 32), n_neurons=60, n_repeats=2, gap=5)
+
+
+def runs(mask):
+    """(start, stop) of the runs of True in a boolean array."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(int), [0]])))
+    return list(zip(edges[::2], edges[1::2]))
+
+
+@pytest.mark.parametrize("rgb", [False, True])
+def test_natural_movie_shapes_ranges_and_seed(rgb):
+    data = make_natural_movie_v1(**SMALL, rgb=rgb, seed=1)
+    channels = 3 if rgb else 1
+    assert data.frames.shape == (400, channels, 16, 32) and data.frames.dtype == np.float32
+    assert 0 <= data.frames.min() and data.frames.max() <= 1 and data.frames.std() > 0.05
+    assert data.neural.shape == (2, 400, 60) and data.neural.dtype == np.float32
+    assert (data.neural >= 0).all() and np.array_equal(data.neural, np.round(data.neural))
+    assert set(data.cell_type) == {"simple", "complex"} and data.photo.shape == (400,)
+    assert len(set(data.photo)) > 1  # saccades move between photographs
+    if rgb:  # colour photographs have channels that differ
+        assert np.abs(data.frames[:, 0] - data.frames[:, 2]).max() > 0.1
+    again = make_natural_movie_v1(**SMALL, rgb=rgb, seed=1)
+    np.testing.assert_array_equal(again.frames, data.frames)
+    np.testing.assert_array_equal(again.neural, data.neural)
+    other = make_natural_movie_v1(**SMALL, rgb=rgb, seed=2)
+    assert not np.array_equal(other.frames, data.frames) and not np.array_equal(other.neural, data.neural)
+
+
+def test_natural_movie_frames_are_photographs_panned_slowly():
+    data = make_natural_movie_v1(**SMALL, seed=0)
+    step = np.abs(np.diff(data.frames, axis=0)).mean(axis=(1, 2, 3))
+    same_fixation = np.diff(data.photo) == 0
+    assert np.median(step[same_fixation]) < 0.5 * np.median(np.abs(data.frames - data.frames.mean(0)).mean(axis=(1, 2, 3)))
+
+
+def test_natural_movie_split_holds_out_stretches_with_a_gap():
+    data = make_natural_movie_v1(**SMALL, test_fraction=0.2, n_test_stretches=4, seed=0)
+    stretches = runs(data.is_test)
+    assert len(stretches) == 4 and data.is_test.sum() == 80
+    assert not (data.is_train & data.is_test).any()
+    train_frames = np.flatnonzero(data.is_train)
+    for start, stop in stretches:  # no training frame within `gap` of a held-out stretch
+        assert not ((train_frames >= start - 5) & (train_frames < stop + 5)).any()
+    X_train, y_train, X_test, y_test = data.train_test_split()
+    assert X_train.shape == (2 * data.is_train.sum(), 60) and y_train.shape == (2 * data.is_train.sum(), 1, 16, 32)
+    assert X_test.shape == (160, 60) and y_test.shape == (160, 1, 16, 32)
+    np.testing.assert_array_equal(y_test[:80], data.frames[data.is_test])
+    np.testing.assert_array_equal(X_test[80:], data.neural[1, data.is_test])
+
+
+def test_simulated_v1_responds_to_the_movie():
+    """Repeats share the stimulus: each neuron's responses correlate across repeats."""
+    data = make_natural_movie_v1(n_frames=600, output_shape=(16, 32), n_neurons=40, n_repeats=2, seed=0)
+    first, second = data.neural - data.neural.mean(axis=1, keepdims=True)
+    correlation = (first * second).sum(0) / np.sqrt((first**2).sum(0) * (second**2).sum(0) + 1e-12)
+    assert np.median(correlation) > 0.1
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"n_frames": 50}, ValueError, "too short"),
+        ({"test_fraction": 1.5}, ValueError, "test_fraction"),
+        ({"gap": -1}, ValueError, "gap"),
+        ({"n_neurons": 0}, ValueError, "n_neurons"),
+        ({"output_shape": (16,)}, ValueError, "output_shape"),
+        ({"n_repeats": 1.5}, TypeError, "n_repeats"),
+    ],
+)
+def test_natural_movie_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        make_natural_movie_v1(**(SMALL | kwargs))
+
+
 def test_plots_return_figures_and_save(tmp_path):
     data = make_moving_blobs(60, (8, 16), channels=3, seed=0)
     figure = plot_reconstructions(data.frames, data.frames[::-1], n_images=4)
@@ -50,9 +124,11 @@ def test_plots_return_figures_and_save(tmp_path):
 def test_demo_runs_end_to_end(tmp_path, capsys):
     from cebra_halfunet.demo import main
 
-    scores = main(["--size", "8", "16", "--frames", "200", "--epochs", "2", "--cebra-iterations", "5",
+    scores = main(["--size", "8", "16", "--frames", "200", "--repeats", "2", "--epochs", "2", "--cebra-iterations", "5",
                    "--latent-dim", "16", "--device", "cpu", "--out", str(tmp_path)])
-    assert set(scores) >= {"mean image", "HalfUNetRegressor"}
-    assert all(np.isfinite(values).all() for values in scores.values())
+    assert list(scores) == ["mean image", "ridge (cebra ridge_decoding)", "kNN (grid over k, metric)",
+                            "MLP (cebra mlp_decoding)", "HalfUNetRegressor"]
+    # tiny 8x16 views can repeat exactly, so a nearest neighbour may score PSNR = inf
+    assert all(np.isfinite(values[0]) and np.isfinite(values[2]) and not np.isnan(values[1]) for values in scores.values())
     assert (tmp_path / "reconstruction_results.png").exists() and (tmp_path / "learning_curve.png").exists()
     assert "SSIM" in capsys.readouterr().out

@@ -1,0 +1,63 @@
+"""Baseline decoders from embeddings to images, for the demo and the quality benchmark.
+
+The mean image; ridge regression as ``cebra.integrations.decoders.ridge_decoding`` does it
+(grid over alpha); k nearest neighbours, the CEBRA paper's decoder (grid over k and the
+metric); and cebra's own ``mlp_decoding``. Each takes training embeddings ``(N, D)`` and
+images ``(N, C, H, W)`` and returns predicted images for the test embeddings, float32,
+in the shape ``(M, C, H, W)``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from sklearn.model_selection import GridSearchCV, KFold
+from sklearn.neighbors import KNeighborsRegressor
+
+
+def mean_image(z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray) -> np.ndarray:
+    """The training mean image for every test sample."""
+    return np.broadcast_to(y_train.mean(axis=0, dtype=np.float64).astype(np.float32), (len(z_test), *y_train.shape[1:]))
+
+
+def ridge(z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray) -> np.ndarray:
+    """``cebra.integrations.decoders.ridge_decoding`` (GridSearchCV over alpha 1e-4..1)."""
+    from cebra.integrations.decoders import ridge_decoding
+
+    flat = torch.from_numpy(np.ascontiguousarray(y_train.reshape(len(y_train), -1), dtype=np.float32))
+    prediction = ridge_decoding(torch.from_numpy(z_train), torch.from_numpy(z_test), flat, torch.zeros(len(z_test), flat.shape[1]))[2]
+    return np.asarray(prediction, dtype=np.float32).reshape(len(z_test), *y_train.shape[1:])
+
+
+def nearest_neighbours(z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray) -> np.ndarray:
+    """k nearest neighbours, k and the metric (euclidean, cosine) chosen by contiguous 3-fold CV."""
+    fold_size = len(z_train) - -(-len(z_train) // 3)  # the fewest training samples in a 3-fold split
+    grid = {"n_neighbors": [k for k in (1, 5, 10, 20, 50, 100) if k <= fold_size], "metric": ["euclidean", "cosine"]}
+    search = GridSearchCV(KNeighborsRegressor(), grid, cv=KFold(3)).fit(z_train, y_train.reshape(len(y_train), -1))
+    return search.predict(z_test).astype(np.float32).reshape(len(z_test), *y_train.shape[1:])
+
+
+def mlp(z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray) -> np.ndarray:
+    """``cebra.integrations.decoders.mlp_decoding`` (TwoLayersMLP, its default 20 epochs, CPU)."""
+    from cebra.integrations.decoders import mlp_decoding
+
+    flat = torch.from_numpy(np.ascontiguousarray(y_train.reshape(len(y_train), -1), dtype=np.float32))
+    prediction = mlp_decoding(torch.from_numpy(z_train), torch.from_numpy(z_test), flat,
+                              torch.zeros(len(z_test), flat.shape[1]), device="cpu", model_type="TwoLayersMLP")[2]
+    return prediction.detach().numpy().astype(np.float32).reshape(len(z_test), *y_train.shape[1:])
+
+
+BASELINES = {
+    "mean image": mean_image,
+    "ridge (cebra ridge_decoding)": ridge,
+    "kNN (grid over k, metric)": nearest_neighbours,
+    "MLP (cebra mlp_decoding)": mlp,
+}
+
+
+def timed(decode, *args) -> tuple[np.ndarray, float]:
+    """``(decode(*args), seconds it took)``."""
+    start = time.perf_counter()
+    return decode(*args), time.perf_counter() - start
