@@ -1,7 +1,7 @@
 """Reconstruction quality on frames never seen in training: baselines vs HalfUNetRegressor.
 
     python benchmarks/quality.py --size 64 128
-    python benchmarks/quality.py --size 128 256 --frames 1000 --repeats 2 --epochs 8
+    python benchmarks/quality.py --size 128 256 --frames 1000 --epochs 6 --decoders 512:l1_ssim 1024:l1_ssim
 
 Data: ``make_natural_movie_v1`` (scikit-image photographs panned and jumped across, a
 simulated V1 population, held-out stretches of the movie). One CEBRA embedding
@@ -11,6 +11,7 @@ same embeddings and is scored on the held-out frames (single trials of every rep
 
 import argparse
 import time
+from pathlib import Path
 
 import cebra
 import numpy as np
@@ -26,10 +27,11 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, nargs=2, default=(64, 128))
     parser.add_argument("--frames", type=int, default=1500)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=15, help="HalfUNet max_epochs (early stopping)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=12, help="HalfUNet max_epochs (early stopping)")
     parser.add_argument("--cebra-iterations", type=int, default=2000)
     parser.add_argument("--decoders", nargs="*", default=None, help="HalfUNet configurations as latent:loss")
+    parser.add_argument("--embeddings", type=Path, help="file to save the CEBRA embeddings to, or reuse them from")
     args = parser.parse_args()
     size = tuple(args.size)
     recording = make_natural_movie_v1(args.frames, size, n_repeats=args.repeats, seed=0)
@@ -37,14 +39,20 @@ def main():
     flat_train = y_train.reshape(len(y_train), -1)
 
     start = time.perf_counter()
-    embedding = CEBRAEmbedding(
-        cebra.CEBRA(model_architecture="offset10-model", output_dimension=32, max_iterations=args.cebra_iterations,
-                    batch_size=512, time_offsets=10, device="cpu"),
-        label="pca",
-        random_state=0,
-    ).fit(X_train, flat_train)
-    z_train, z_test = embedding.transform(X_train), embedding.transform(X_test)
-    cebra_time = time.perf_counter() - start
+    if args.embeddings and args.embeddings.exists():  # reuse the embeddings of an earlier run
+        cached = np.load(args.embeddings)
+        z_train, z_test, cebra_time = cached["z_train"], cached["z_test"], float(cached["seconds"])
+    else:
+        embedding = CEBRAEmbedding(
+            cebra.CEBRA(model_architecture="offset10-model", output_dimension=32, max_iterations=args.cebra_iterations,
+                        batch_size=512, time_offsets=10, device="cpu"),
+            label="pca",
+            random_state=0,
+        ).fit(X_train, flat_train)
+        z_train, z_test = embedding.transform(X_train), embedding.transform(X_test)
+        cebra_time = time.perf_counter() - start
+        if args.embeddings:
+            np.savez(args.embeddings, z_train=z_train, z_test=z_test, seconds=cebra_time)
     print(f"CEBRA: {cebra_time:.0f} s; {len(z_train)} training and {len(z_test)} held-out samples")
 
     def halfunet(latent_dim, loss):

@@ -123,6 +123,7 @@ def accelerations(n=256, size=(64, 128)):
         "float32 (default)": (lambda: copy.deepcopy(module), False),
         "bf16 autocast": (lambda: copy.deepcopy(module), True),
         "channels_last": (lambda: copy.deepcopy(module).to(memory_format=torch.channels_last), False),
+        "bf16 autocast + channels_last": (lambda: copy.deepcopy(module).to(memory_format=torch.channels_last), True),
         "torch.compile": (lambda: torch.compile(copy.deepcopy(module)), False),
     }
     for name, (make, autocast) in variants.items():

@@ -160,14 +160,17 @@ class V1Recording:
     def train_test_split(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Single-trial samples ``X_train, y_train, X_test, y_test``.
 
-        ``X`` ``(R * T_part, n_neurons)`` are the responses of every repeat, repeat after
-        repeat; ``y`` ``(R * T_part, C, H, W)`` the frames shown. Test frames are never
-        in the training part (nor are the ``gap`` frames around them).
+        ``X`` ``(T_part * R, n_neurons)`` are the responses in time order, the ``R``
+        repeats of each frame next to each other; ``y`` ``(T_part * R, C, H, W)`` the
+        frames shown. Test frames are never in the training part (nor are the ``gap``
+        frames around them). In time order, the last part of the training samples (what
+        ``HalfUNetRegressor`` holds out for early stopping) is a stretch of frames that
+        the rest of the training part does not contain, in any repeat.
         """
         parts = []
         for mask in (self.is_train, self.is_test):
-            parts.append(self.neural[:, mask].reshape(-1, self.neural.shape[-1]))
-            parts.append(np.tile(self.frames[mask], (len(self.neural), 1, 1, 1)))
+            parts.append(self.neural[:, mask].transpose(1, 0, 2).reshape(-1, self.neural.shape[-1]))
+            parts.append(np.repeat(self.frames[mask], len(self.neural), axis=0))
         return tuple(parts)
 
 

@@ -95,6 +95,10 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         Epochs per ``fit`` (``partial_fit`` runs one).
     weight_decay : float, default 1e-4
         AdamW's decoupled weight decay.
+    embedding_noise : float, default 0.0
+        Gaussian noise added to the training embeddings, in units of each feature's
+        standard deviation: neighbouring embeddings must decode to similar images, which
+        regularises the decoder towards frames it has not seen.
     validation_fraction : float in [0, 1), default 0.1
         With ``early_stopping``, the last fraction of the samples (in the given order: a
         contiguous stretch of a recording, not a shuffled subset that neighbouring,
@@ -123,6 +127,12 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         grid search.
     checkpoint_every : int, default 1
         Epochs between checkpoints.
+    precision : {"float32", "bfloat16"}, default "float32"
+        ``"bfloat16"`` runs the network under ``torch.autocast`` (bf16 matrix units on
+        recent CPUs and GPUs); losses and outputs stay float32. Faster, slightly less exact.
+    channels_last : bool, default False
+        Train and predict with the convolution weights in channels-last memory layout
+        (the fitted ``module_`` is returned to the standard layout).
 
     Attributes
     ----------
@@ -166,6 +176,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "embedding_noise": [Interval(Real, 0, None, closed="left")],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "early_stopping": ["boolean"],
         "patience": [Interval(Integral, 1, None, closed="left")],
@@ -176,6 +187,8 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         "gradient_checkpointing": ["boolean"],
         "checkpoint_path": [None, str, os.PathLike],
         "checkpoint_every": [Interval(Integral, 1, None, closed="left")],
+        "precision": [StrOptions({"float32", "bfloat16"})],
+        "channels_last": ["boolean"],
     }
 
     def __init__(
@@ -188,6 +201,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         batch_size=32,
         max_epochs=100,
         weight_decay=1e-4,
+        embedding_noise=0.0,
         validation_fraction=0.1,
         early_stopping=True,
         patience=10,
@@ -198,6 +212,8 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         gradient_checkpointing=False,
         checkpoint_path=None,
         checkpoint_every=1,
+        precision="float32",
+        channels_last=False,
     ):
         self.output_shape = output_shape
         self.output_channels = output_channels
@@ -207,6 +223,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         self.batch_size = batch_size
         self.max_epochs = max_epochs
         self.weight_decay = weight_decay
+        self.embedding_noise = embedding_noise
         self.validation_fraction = validation_fraction
         self.early_stopping = early_stopping
         self.patience = patience
@@ -217,6 +234,8 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         self.gradient_checkpointing = gradient_checkpointing
         self.checkpoint_path = checkpoint_path
         self.checkpoint_every = checkpoint_every
+        self.precision = precision
+        self.channels_last = channels_last
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -230,7 +249,9 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         """Train the decoder on embeddings ``X`` ``(N, D)`` and images ``y``.
 
         ``y``: ``(N, H, W)``, ``(N, C, H, W)`` or flat ``(N, C*H*W)`` with
-        ``output_shape``; NumPy array, memmap or tensor; uint8 is read as 0-255 images.
+        ``output_shape``; NumPy array, tensor, or, for targets larger than memory, a memmap
+        or an array-like with ``shape``, ``dtype`` and ``__getitem__`` (h5py, zarr), read
+        batch by batch; uint8 is read as 0-255 images.
         With ``warm_start=True`` and a fitted decoder, training continues.
         """
         return self._fit(X, y, incremental=self.warm_start and hasattr(self, "module_"))
@@ -282,7 +303,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
             state = self._resume(fingerprint)
         else:
             self._initialise(target_format, images[:n_train], low, high)
-        model = self.module_.to(device)
+        model = self.module_.to(device, memory_format=self._memory_format())
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         if incremental or state is not None:
             optimizer.load_state_dict(self.optimizer_state_)
@@ -315,11 +336,13 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
                 first_epoch=first_epoch,
                 state=state,
                 on_epoch_end=write_checkpoint,
+                autocast=self._autocast(),
+                input_noise=torch.from_numpy(self.embedding_noise * X[:n_train].std(axis=0)) if self.embedding_noise else None,
                 verbose=bool(self.verbose),
             )
         except torch.cuda.OutOfMemoryError:
             state = None  # raised below, outside this block, which still holds the batch's tensors
-        self.module_ = model.cpu()
+        self.module_ = model.to("cpu", memory_format=torch.contiguous_format)
         if state is None:
             del optimizer
             raise _out_of_memory(
@@ -470,6 +493,12 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
             best_weights=_with_prefix(tensors, "best.") or None,
         )
 
+    def _autocast(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.precision == "bfloat16" else None
+
+    def _memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
     def _training_loss(self):
         """The loss being minimised, in network units (targets' span times the value scale)."""
         return make_loss(self.loss, self.data_range_ * self.target_format_.value_scale)
@@ -489,17 +518,18 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         activation = torch.sigmoid if self.loss == "bce" else (lambda t: t)
         try:
             predict_into(
-                self.module_,
+                self.module_.to(memory_format=self._memory_format()),
                 torch.from_numpy(X),
                 out,
                 lambda batch: target_format.decode_batch(activation(batch)),
                 self.batch_size,
                 self._inference_device(),
+                self._autocast(),
             )
             out_of_memory = False
         except torch.cuda.OutOfMemoryError:
             out_of_memory = True  # raised below, outside this block, which still holds the batch's tensors
-        self.module_.cpu()
+        self.module_.to("cpu", memory_format=torch.contiguous_format)
         if out_of_memory:
             raise _out_of_memory("predict", "It failed even one sample at a time: predict with device='cpu'.")
         return target_format.from_images(out)

@@ -4,10 +4,15 @@ Targets come as ``(N, H, W)``, ``(N, C, H, W)`` or flat ``(N, C*H*W)`` (what a P
 after ``cebra.CEBRA`` delivers) with ``output_shape``; a 1-d ``(N,)`` target is one value
 per sample. Internally they are ``(N, C, H, W)`` views of the caller's array: no copy is
 made, uint8 frames stay uint8 until a batch is on the compute device.
+
+Targets larger than memory (a NumPy memmap, or any array-like with ``shape``, ``dtype``,
+``__len__`` and ``__getitem__``: an HDF5 dataset, a zarr array) are read batch by batch
+through :class:`DiskImages`, never loaded whole.
 """
 
 from __future__ import annotations
 
+import mmap
 import warnings
 from dataclasses import dataclass
 
@@ -19,15 +24,24 @@ from torch import nn
 _CHUNK = 1024
 
 
+def _is_lazy(data) -> bool:
+    """An array-like read on demand (HDF5 dataset, zarr array), not an in-memory array."""
+    lazy = all(hasattr(data, name) for name in ("shape", "dtype", "__len__", "__getitem__"))
+    return lazy and not isinstance(data, (np.ndarray, torch.Tensor, list, tuple))
+
+
 def as_array(data, name: str) -> np.ndarray:
     """View ``data`` (NumPy array, memmap, CPU or CUDA tensor, nested list) as an ndarray.
 
-    Arrays and memmaps are returned as they are, without a copy.
+    Arrays and memmaps are returned as they are, without a copy; array-likes read on
+    demand (h5py, zarr) too, after a check of their dtype.
     """
     if isinstance(data, torch.Tensor):
         data = data.detach().cpu().numpy()
-    elif not hasattr(data, "__array__") or not hasattr(data, "shape"):
-        data = np.asarray(data)
+    elif _is_lazy(data):
+        if np.dtype(data.dtype).kind not in "biuf":
+            raise TypeError(f"{name} must hold real numbers (bool, integer or float), got dtype {data.dtype}.")
+        return data
     array = data if isinstance(data, np.ndarray) else np.asarray(data)
     if array.dtype == object:
         try:
@@ -63,12 +77,13 @@ class TargetFormat:
     @classmethod
     def infer(cls, y: np.ndarray, output_shape=None, output_channels=None) -> TargetFormat:
         """Work out the image layout of ``y`` given the estimator's parameters."""
-        if y.ndim == 4:
+        ndim = len(y.shape)
+        if ndim == 4:
             channels, shape = y.shape[1], tuple(y.shape[2:])
-        elif y.ndim == 3:
+        elif ndim == 3:
             channels, shape = 1, tuple(y.shape[1:])
-        elif y.ndim in (1, 2):
-            size = 1 if y.ndim == 1 else y.shape[1]
+        elif ndim in (1, 2):
+            size = 1 if ndim == 1 else y.shape[1]
             if output_shape is not None:
                 pixels = output_shape[0] * output_shape[1]
                 channels = output_channels if output_channels is not None else size // pixels
@@ -86,13 +101,13 @@ class TargetFormat:
                 shape = (1, size // channels)
         else:
             raise ValueError(
-                f"y must have shape (N, H, W), (N, C, H, W) or flattened (N, C*H*W), got an array of rank {y.ndim}."
+                f"y must have shape (N, H, W), (N, C, H, W) or flattened (N, C*H*W), got an array of rank {ndim}."
             )
         if output_shape is not None and tuple(output_shape) != shape:
             raise ValueError(f"y has images of size {shape}, but output_shape={tuple(output_shape)}.")
         if output_channels is not None and output_channels != channels:
             raise ValueError(f"Expected targets with output_channels={output_channels} channels, got {channels}.")
-        return cls(y.ndim, int(channels), tuple(int(s) for s in shape), y.dtype)
+        return cls(ndim, int(channels), tuple(int(s) for s in shape), np.dtype(y.dtype))
 
     def to_json(self) -> dict:
         """JSON-serialisable form (decoder files)."""
@@ -129,17 +144,23 @@ class TargetFormat:
         if y.shape[1:] != self.sample_shape:
             raise ValueError(f"{name} must have samples of shape {self.sample_shape} as in fit, got {y.shape[1:]}.")
 
-    def to_images(self, y: np.ndarray) -> np.ndarray:
-        """``(N, C, H, W)`` view of ``y`` (no copy for contiguous arrays and memmaps)."""
+    def to_images(self, y: np.ndarray) -> np.ndarray | DiskImages:
+        """``(N, C, H, W)`` view of ``y``: a reshaped array (no copy for contiguous arrays),
+        or :class:`DiskImages` for memmaps and array-likes, which are read batch by batch."""
         self.check(y)
+        if isinstance(y, np.memmap) or _is_lazy(y):
+            return DiskImages(y, self)
         return y.reshape(len(y), self.channels, *self.shape)
 
     def from_images(self, images: np.ndarray) -> np.ndarray:
         """Reshape ``(N, C, H, W)`` predictions to the form of ``y`` in ``fit`` (no copy)."""
         return images.reshape(len(images), *self.sample_shape)
 
-    def to_tensor(self, images: np.ndarray) -> torch.Tensor:
-        """Tensor sharing memory with ``images`` where it can: uint8 and float32 stay as they are."""
+    def to_tensor(self, images: np.ndarray | DiskImages) -> torch.Tensor | DiskImages:
+        """Tensor sharing memory with ``images`` where it can: uint8 and float32 stay as they
+        are. :class:`DiskImages` stay as they are (indexing them gives tensors)."""
+        if isinstance(images, DiskImages):
+            return images
         if images.dtype not in (np.uint8, np.float32):
             images = images.astype(np.float32)
         with warnings.catch_warnings():  # read-only memmaps: the tensor is only ever read
@@ -158,10 +179,63 @@ class TargetFormat:
         return batch.to(getattr(torch, self.output_dtype.name))
 
 
-def _chunks(images: np.ndarray):
-    """Consecutive blocks of at most ``_CHUNK`` samples (views for arrays and memmaps)."""
+class DiskImages:
+    """Targets stored out of memory (memmap, HDF5, zarr, ...) seen as ``(N, C, H, W)`` images.
+
+    Slicing with a ``slice`` gives a lazy view (like a tensor); indexing with a tensor or
+    array of row indices reads those rows and returns a tensor, uint8 and float32 as
+    stored, other dtypes as float32. Rows are read as runs of consecutive indices (one
+    slice each), so any ``__getitem__`` that takes slices will do; after each read, the
+    pages of a memmap are released from the process's resident memory, which stays small
+    whatever the size of the file.
+    """
+
+    def __init__(self, data, target_format: TargetFormat, start: int = 0, stop: int | None = None):
+        self.data, self.format = data, target_format
+        self.start, self.stop = start, len(data) if stop is None else stop
+        self.dtype = np.dtype(data.dtype)
+        self.shape = (self.stop - self.start, target_format.channels, *target_format.shape)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                raise ValueError("DiskImages slices must be contiguous.")
+            return DiskImages(self.data, self.format, self.start + start, self.start + max(start, stop))
+        rows = self.read_rows(np.asarray(index))
+        if rows.dtype not in (np.uint8, np.float32):
+            rows = rows.astype(np.float32)
+        return torch.from_numpy(rows)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of this view as an ``(n, C, H, W)`` ndarray."""
+        rows = np.array(self.data[self.start + start : self.start + min(stop, len(self))])
+        self._release()
+        return rows.reshape(len(rows), *self.shape[1:])
+
+    def read_rows(self, index: np.ndarray) -> np.ndarray:
+        """The rows at ``index`` (increasing) as an ``(n, C, H, W)`` ndarray."""
+        breaks = np.flatnonzero(np.diff(index) != 1) + 1
+        runs = np.split(index, breaks) if len(index) else []
+        rows = [np.asarray(self.data[self.start + run[0] : self.start + run[-1] + 1]) for run in runs]
+        self._release()
+        rows = np.concatenate(rows) if rows else np.empty((0, *self.shape[1:]), self.dtype)
+        return rows.reshape(len(index), *self.shape[1:])
+
+    def _release(self) -> None:
+        """Unmap the memmap pages read so far (they stay in the page cache, not in RSS)."""
+        mapping = getattr(self.data, "_mmap", None)
+        if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+            mapping.madvise(mmap.MADV_DONTNEED)
+
+
+def _chunks(images: np.ndarray | DiskImages):
+    """Consecutive blocks of at most ``_CHUNK`` samples (views of in-memory arrays)."""
     for start in range(0, len(images), _CHUNK):
-        yield images[start : start + _CHUNK]
+        yield images.read(start, start + _CHUNK) if isinstance(images, DiskImages) else images[start : start + _CHUNK]
 
 
 def value_range(images: np.ndarray, name: str) -> tuple[float, float]:

@@ -53,9 +53,11 @@ def release_device_memory() -> None:
 
 
 def _batches(n: int, batch_size: int, order: torch.Tensor | None = None):
-    """Index batches: slices in order, or chunks of ``order`` (a permutation)."""
+    """Index tensors of the batches, in order or as chunks of ``order`` (a permutation);
+    each sorted, so that targets on disk are read front to back."""
+    order = torch.arange(n) if order is None else order
     for start in range(0, n, batch_size):
-        yield slice(start, start + batch_size) if order is None else order[start : start + batch_size]
+        yield order[start : start + batch_size].sort().values
 
 
 def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -66,10 +68,21 @@ def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.to(device, non_blocking=True)
 
 
+def _forward(model: nn.Module, batch: torch.Tensor, device: torch.device, autocast: torch.dtype | None) -> torch.Tensor:
+    """``model(batch)`` on ``device``, under autocast to ``autocast`` when given; float32 out."""
+    with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        return model(_to_device(batch, device)).float()
+
+
+def _on(index: torch.Tensor, data) -> torch.Tensor:
+    """``index`` on the device of ``data`` when ``data`` is a tensor (on a GPU when resident)."""
+    return index.to(data.device) if isinstance(data, torch.Tensor) else index
+
+
 def _resident(tensors: list[torch.Tensor | None], device: torch.device) -> list[torch.Tensor | None]:
     """On a GPU, move the data there once when it takes less than a quarter of the free
     memory (no copies per batch); otherwise, and on the CPU, leave it where it is."""
-    if device.type != "cuda":
+    if device.type != "cuda" or not all(t is None or isinstance(t, torch.Tensor) for t in tensors):
         return tensors
     size = sum(t.nbytes for t in tensors if t is not None)
     if size >= torch.cuda.mem_get_info(device)[0] / 4:
@@ -147,6 +160,8 @@ def train(
     first_epoch: int = 1,
     state: TrainingState | None = None,
     on_epoch_end: Callable[[TrainingState], None] | None = None,
+    autocast: torch.dtype | None = None,
+    input_noise: torch.Tensor | None = None,
     verbose: bool = False,
 ) -> TrainingState:
     """Train ``model`` in place with mini-batches drawn from seeded permutations.
@@ -177,6 +192,12 @@ def train(
         run continues after its last epoch, up to ``first_epoch + max_epochs - 1``.
     on_epoch_end : callable, optional
         Called with the state after every completed epoch (e.g. to write a checkpoint).
+    autocast : torch.dtype, optional
+        Run the forward passes under ``torch.autocast`` to this dtype (e.g. bfloat16);
+        the loss is computed in float32.
+    input_noise : Tensor ``(D,)``, optional
+        Standard deviation, per input feature, of Gaussian noise added to the training
+        inputs (drawn from the epoch's seeded generator; validation inputs are clean).
     verbose : bool
         Show a progress bar with the losses.
 
@@ -198,7 +219,9 @@ def train(
                 break
             started = time.perf_counter()
             try:
-                train_loss = _train_epoch(model, optimizer, loss_fn, X, Y, encode, batch_size, device, seed + epoch, interrupt)
+                train_loss = _train_epoch(
+                    model, optimizer, loss_fn, X, Y, encode, batch_size, device, seed + epoch, interrupt, autocast, input_noise
+                )
             except KeyboardInterrupt:
                 train_loss = None
             if train_loss is None:
@@ -206,7 +229,7 @@ def train(
                 break
             record = {"epoch": epoch, "train_loss": train_loss, "valid_loss": None}
             if X_valid is not None:
-                record["valid_loss"] = evaluate(model, loss_fn, X_valid, Y_valid, encode, batch_size, device)
+                record["valid_loss"] = evaluate(model, loss_fn, X_valid, Y_valid, encode, batch_size, device, autocast)
                 if record["valid_loss"] < state.best_loss:
                     state.best_loss, state.best_epoch = record["valid_loss"], epoch
                     state.best_weights = copy.deepcopy(model.state_dict()) if patience is not None else None
@@ -220,14 +243,17 @@ def train(
     return state
 
 
-def _train_epoch(model, optimizer, loss_fn, X, Y, encode, batch_size, device, seed, interrupt) -> float | None:
+def _train_epoch(model, optimizer, loss_fn, X, Y, encode, batch_size, device, seed, interrupt, autocast, input_noise):
     """Mean training loss of one pass over shuffled batches; None if interrupted."""
     model.train()
     total = torch.zeros((), device=device)
-    order = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed)).to(X.device)
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(X), generator=generator)
     for index in _batches(len(X), batch_size, order):
-        prediction = model(_to_device(X[index], device))
-        loss = loss_fn(prediction, encode(_to_device(Y[index], device)))
+        inputs = X[_on(index, X)]
+        if input_noise is not None:
+            inputs = inputs + (input_noise * torch.randn(inputs.shape, generator=generator)).to(inputs.device)
+        loss = loss_fn(_forward(model, inputs, device, autocast), encode(_to_device(Y[_on(index, Y)], device)))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -238,13 +264,13 @@ def _train_epoch(model, optimizer, loss_fn, X, Y, encode, batch_size, device, se
 
 
 @torch.no_grad()
-def evaluate(model, loss_fn, X, Y, encode, batch_size: int, device: torch.device) -> float:
+def evaluate(model, loss_fn, X, Y, encode, batch_size: int, device: torch.device, autocast: torch.dtype | None = None) -> float:
     """Mean of ``loss_fn`` over all samples, in batches, in eval mode."""
     model.eval()
     total = torch.zeros((), device=device)
     for index in _batches(len(X), batch_size):
-        loss = loss_fn(model(_to_device(X[index], device)), encode(_to_device(Y[index], device)))
-        total += loss * len(X[index])
+        loss = loss_fn(_forward(model, X[_on(index, X)], device, autocast), encode(_to_device(Y[_on(index, Y)], device)))
+        total += loss * len(index)
     return total.item() / len(X)
 
 
@@ -256,6 +282,7 @@ def predict_into(
     decode: Callable[[torch.Tensor], torch.Tensor],
     batch_size: int,
     device: torch.device,
+    autocast: torch.dtype | None = None,
 ) -> np.ndarray:
     """Write ``decode(model(X))`` batch by batch into the preallocated array ``out``.
 
@@ -268,7 +295,7 @@ def predict_into(
     while start < len(X):
         stop = min(start + batch_size, len(X))
         try:
-            out[start:stop] = decode(model(_to_device(X[start:stop], device))).cpu().numpy()
+            out[start:stop] = decode(_forward(model, X[start:stop], device, autocast)).cpu().numpy()
         except torch.cuda.OutOfMemoryError:
             if batch_size == 1:
                 raise

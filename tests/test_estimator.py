@@ -302,3 +302,14 @@ def test_missing_cuda_falls_back_to_cpu_for_predict(data, monkeypatch):
     model.set_params(device="cuda")
     with pytest.warns(RuntimeWarning, match="CPU instead"):
         assert model.predict(z).shape == images.shape
+
+
+def test_embedding_noise_is_seeded_and_regularises(data):
+    z, images = data
+    clean = regressor(early_stopping=False).fit(z, images)
+    noisy = regressor(early_stopping=False, embedding_noise=0.5).fit(z, images)
+    again = regressor(early_stopping=False, embedding_noise=0.5).fit(z, images)
+    np.testing.assert_array_equal(noisy.predict(z), again.predict(z))
+    assert not np.array_equal(noisy.predict(z), clean.predict(z))
+    # noise makes the training fit looser: the clean decoder fits its training data better
+    assert clean.score(z, images) > noisy.score(z, images)
