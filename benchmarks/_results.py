@@ -49,3 +49,28 @@ def write_section(name: str, table: str, notes: str = "") -> None:
     pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     RESULTS.write_text(text)
+
+
+def _status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (Linux), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def rss_mib() -> float:
+    """Resident memory of this process now, in MiB."""
+    return _status_mib("VmRSS")
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process (since start or :func:`reset_peak_rss`), in MiB.
+
+    Unlike ``getrusage``'s ``ru_maxrss``, it does not carry the parent's peak across exec."""
+    return _status_mib("VmHWM")
+
+
+def reset_peak_rss() -> None:
+    """Start the peak over from the current resident memory (Linux >= 4.0)."""
+    Path("/proc/self/clear_refs").write_text("5")

@@ -5,13 +5,12 @@
 Writes a memmap of uint8 frames 128x256 (about 4.2 GB, 128,000 frames) to a temporary folder,
 then fits HalfUNetRegressor on it in a child process: the full scans for the value range and
 the mean image, then training on random batches read from the file, stopped by Ctrl-C after
-``--seconds``. Reports the child's peak RSS (which counts file pages mapped into the process)
-next to the size of the data.
+``--seconds``. Reports the child's peak RSS (VmHWM, which counts the file pages mapped into
+the process) next to the size of the data.
 """
 
 import argparse
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import time
 
 import numpy as np
 
-from _results import markdown_table, write_section
+from _results import markdown_table, peak_rss_mib, write_section
 
 SHAPE = (128, 256)
 
@@ -38,7 +37,7 @@ def child(path: str, n: int, seconds: float) -> None:
         model.fit(X, frames)
     except KeyboardInterrupt:
         pass
-    print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(time.perf_counter() - start, peak_rss_mib())
 
 
 def main():
@@ -55,7 +54,8 @@ def main():
         frames = np.memmap(path, dtype=np.uint8, mode="w+", shape=(n, *SHAPE))
         rng = np.random.default_rng(0)
         for start in range(0, n, 4096):
-            frames[start : start + 4096] = rng.integers(0, 256, size=(min(4096, n - start), *SHAPE), dtype=np.uint8)
+            count = min(4096, n - start)
+            frames[start : start + count] = np.frombuffer(rng.bytes(count * SHAPE[0] * SHAPE[1]), np.uint8).reshape(count, *SHAPE)
         frames.flush()
         del frames
         out = subprocess.run([sys.executable, __file__, "--child", path, str(args.seconds), "--gigabytes",

@@ -14,7 +14,6 @@ Achieved GFLOP/s count a training step as 3 forward passes. Peak RSS: separate p
 import argparse
 import copy
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -26,12 +25,15 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from _results import markdown_table, write_section
+from _results import markdown_table, peak_rss_mib, reset_peak_rss, rss_mib, write_section
 from cebra_halfunet import HalfUNetDecoder, HalfUNetRegressor
 from cebra_halfunet.targets import ImageOutput
 
 BATCH = 32
 EMBEDDING = 32
+SPEED_HEADER = ["latent_dim", "body", "output", "train ours (img/s)", "train plain loop", "train DataLoader loop",
+                "ours / plain", "ours / DataLoader", "ours GFLOP/s (% of matmul)", "predict ours (img/s)", "predict plain",
+                "ours / plain"]
 
 
 def matmul_gflops(size=2048, repeats=10) -> float:
@@ -138,14 +140,16 @@ def accelerations(n=256, size=(64, 128)):
 def peak_rss(stage: str, n: int, size) -> None:
     """Child process: fit on ``n`` uint8 frames (stopped by Ctrl-C after 20 s, well past the
     first batches, where the loop's memory is reached) or predict ``n`` frames; prints the
-    RSS before the call and the peak RSS, in MiB."""
+    RSS before the call and the peak RSS during it, in MiB."""
     rng = np.random.default_rng(0)
     X = rng.normal(size=(n, EMBEDDING)).astype(np.float32)
-    y = rng.integers(0, 256, size=(n if stage == "fit" else 64, *size), dtype=np.uint8)
+    frames = n if stage == "fit" else 64
+    y = np.frombuffer(rng.bytes(frames * size[0] * size[1]), dtype=np.uint8).reshape(frames, *size)
     model = HalfUNetRegressor(max_epochs=1, early_stopping=False, device="cpu", random_state=0)
     if stage == "predict":
         model.fit(X[:64], y)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = rss_mib()
+    reset_peak_rss()
     if stage == "fit":
         threading.Timer(20, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
         try:
@@ -154,44 +158,57 @@ def peak_rss(stage: str, n: int, size) -> None:
             pass
     else:
         model.predict(X)
-    print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(before, peak_rss_mib())
 
 
 def memory_rows(size=(128, 256)):
     rows = []
-    for stage, n in (("fit", 10_000), ("predict", 10_000), ("predict", 20_000)):
+    for stage, n in (("fit", 10_000), ("predict", 2_500), ("predict", 10_000)):
         out = subprocess.run([sys.executable, __file__, "--rss", stage, str(n)], capture_output=True, text=True, check=True)
         before, peak = (float(value) for value in out.stdout.split()[-2:])
         frames_mib = n * size[0] * size[1] / 2**20
-        rows.append([stage, n, f"{frames_mib:.0f}", f"{before:.0f}", f"{peak:.0f}", f"{peak - before - frames_mib:.0f}"])
+        extra = peak - before - (frames_mib if stage == "predict" else 0)
+        rows.append([stage, n, f"{frames_mib:.0f}", f"{before:.0f}", f"{peak:.0f}", f"{extra:.0f}"])
     return rows
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--rss", nargs=2, metavar=("STAGE", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--overhead", action="store_true", help="only the per-batch overhead rows (tiny decoders)")
+    parser.add_argument("--memory", action="store_true", help="only the peak-memory rows")
     args = parser.parse_args()
     if args.rss:
         return peak_rss(args.rss[0], int(args.rss[1]), (128, 256))
+    if args.overhead:
+        matmul = matmul_gflops()
+        rows = [training_and_prediction(latent, size, n, matmul) for latent, size, n in [(32, (8, 16), 4096), (64, (16, 32), 2048)]]
+        return write_section("Per-batch overhead (tiny decoders)", markdown_table(SPEED_HEADER, rows),
+                             "Decoders so small that the loop around them, not the convolutions, sets the pace: "
+                             "where the DataLoader's per-sample collation shows. Batch 32, float32, CPU.")
+    if args.memory:
+        return write_memory_section()
     matmul = matmul_gflops()
     rows = [training_and_prediction(latent, size, n, matmul)
             for latent, size, n in [(512, (64, 128), 512), (1024, (64, 128), 256), (512, (128, 256), 256), (1024, (128, 256), 128)]]
-    speed_table = markdown_table(
-        ["latent_dim", "body", "output", "train ours (img/s)", "train plain loop", "train DataLoader loop",
-         "ours / plain", "ours / DataLoader", "ours GFLOP/s (% of matmul)", "predict ours (img/s)", "predict plain", "ours / plain"],
-        rows)
+    speed_table = markdown_table(SPEED_HEADER, rows)
     write_section("Training and prediction speed", speed_table,
                   f"fp32 matmul (2048x2048) on this machine: {matmul:.0f} GFLOP/s. Batch 32, float32 targets, MSE; one "
                   "epoch of 512/256/256/128 samples per method, best of two interleaved rounds. No GPU was available.")
     write_section("Accelerations (CPU)", markdown_table(
         ["variant", "train img/s", "vs float32", "first 2 batches (s)"], accelerations()),
         "Plain loop, light body (latent 512) at 64x128, batch 32; 'first 2 batches' includes compilation.")
+    write_memory_section()
+
+
+def write_memory_section():
     write_section("Peak memory (RSS)", markdown_table(
-        ["stage", "frames (128x256 uint8)", "frames (MiB)", "RSS before (MiB)", "peak RSS (MiB)", "peak - before - frames (MiB)"],
-        memory_rows()),
-        "One process per row, light body (latent 512), batch 32, CPU. fit: the uint8 targets are in memory before "
-        "the call; stopped by Ctrl-C after 20 s. predict: writes into one preallocated uint8 output of the size in "
-        "'frames'; what it needs beyond that output is the last column.")
+        ["stage", "frames (128x256 uint8)", "frames (MiB)", "RSS before (MiB)", "peak RSS during the call (MiB)",
+         "beyond the input / output frames (MiB)"], memory_rows()),
+        "One process per row, light body (latent 512), batch 32, CPU; peak = VmHWM, reset just before the call. "
+        "fit: the uint8 targets are in memory before the call (in 'RSS before'); stopped by Ctrl-C after 20 s. "
+        "predict: writes into one preallocated uint8 output of the size in 'frames (MiB)', which the last column "
+        "subtracts: what predict needs beyond its output.")
 
 
 if __name__ == "__main__":

@@ -226,9 +226,10 @@ class DiskImages:
         return rows.reshape(len(index), *self.shape[1:])
 
     def _release(self) -> None:
-        """Unmap the memmap pages read so far (they stay in the page cache, not in RSS)."""
+        """Unmap the memmap pages read so far (they stay in the page cache, not in RSS).
+        Not for copy-on-write memmaps (mode "c"), whose changes live only in those pages."""
         mapping = getattr(self.data, "_mmap", None)
-        if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+        if mapping is not None and getattr(self.data, "mode", None) != "c" and hasattr(mmap, "MADV_DONTNEED"):
             mapping.madvise(mmap.MADV_DONTNEED)
 
 

@@ -75,3 +75,15 @@ def test_array_like_targets_are_validated(data):
         HalfUNetRegressor(**FAST).fit(z, CountingArray(images.astype(np.complex64)))
     with pytest.raises(ValueError, match="same number of samples"):
         HalfUNetRegressor(**FAST).fit(z[:30], CountingArray(images))
+
+
+def test_copy_on_write_memmap_keeps_the_callers_changes(data, tmp_path):
+    z, images = data
+    stored = np.memmap(tmp_path / "frames.dat", dtype=np.float32, mode="w+", shape=images.shape)
+    stored[:] = 0.5
+    stored.flush()
+    edited = np.memmap(tmp_path / "frames.dat", dtype=np.float32, mode="c", shape=images.shape)
+    edited[:] = images  # changes that exist only in this process's copy-on-write pages
+    model = HalfUNetRegressor(**FAST).fit(z, edited)
+    np.testing.assert_array_equal(edited, images)
+    np.testing.assert_array_equal(model.predict(z), HalfUNetRegressor(**FAST).fit(z, images).predict(z))

@@ -1,6 +1,6 @@
 """Wall time of a grid search over HalfUNetRegressor, sequential vs a local Dask cluster.
 
-    python benchmarks/distributed.py
+    python benchmarks/dask_search.py
 
 GridSearchCV over latent_dim x loss (2 x 2) with 3 contiguous folds (12 fits, 5 epochs each)
 on 600 frames of 32x64 from the built-in natural movie. Sequential: one process using every
