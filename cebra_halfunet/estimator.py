@@ -297,15 +297,14 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
             "target_format": target_format.to_json(),
         }
         state, earlier_history = None, self.history_ if incremental else []
-        if incremental:
-            pass
-        elif self.checkpoint_path is not None and os.path.exists(self.checkpoint_path):
+        resume = not incremental and self.checkpoint_path is not None and os.path.exists(self.checkpoint_path)
+        if resume:
             state = self._resume(fingerprint)
-        else:
+        elif not incremental:
             self._initialise(target_format, images[:n_train], low, high)
         model = self.module_.to(device, memory_format=self._memory_format())
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        if incremental or state is not None:
+        if incremental or resume:
             optimizer.load_state_dict(self.optimizer_state_)
             for group in optimizer.param_groups:
                 group.update(lr=self.lr, weight_decay=self.weight_decay)
