@@ -39,7 +39,8 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 def write_section(name: str, table: str, notes: str = "") -> None:
     """Replace (or add) the section ``## name`` of RESULTS.md and print the table."""
-    command = "python " + " ".join(sys.argv)
+    script = Path(sys.argv[0]).resolve().relative_to(RESULTS.parent.parent)  # as run from the repository root
+    command = "python " + " ".join([str(script), *sys.argv[1:]])
     section = (
         f"## {name}\n\nCommand: `{command}`  \nMachine: {machine()}  \n"
         f"Date: {datetime.date.today().isoformat()}\n\n{table}\n" + (f"\n{notes}\n" if notes else "")
