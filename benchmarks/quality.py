@@ -20,7 +20,7 @@ from _results import markdown_table, write_section
 from cebra_halfunet import CEBRAEmbedding, HalfUNetRegressor
 from cebra_halfunet.baselines import BASELINES, timed
 from cebra_halfunet.datasets import make_natural_movie_v1
-from cebra_halfunet.metrics import peak_signal_noise_ratio, pixel_correlation, structural_similarity
+from cebra_halfunet.metrics import reconstruction_scores
 
 
 def main():
@@ -71,9 +71,7 @@ def main():
     rows = []
     for name, fit_predict in decoders.items():
         prediction, seconds = timed(fit_predict, z_train, y_train, z_test)
-        prediction = np.clip(prediction, 0, 1)
-        scores = (structural_similarity(y_test, prediction, data_range=1.0),
-                  peak_signal_noise_ratio(y_test, prediction, data_range=1.0), pixel_correlation(y_test, prediction))
+        scores = reconstruction_scores(y_test, np.clip(prediction, 0, 1), data_range=1.0)
         rows.append([name, *(f"{s:.3f}" for s in scores), f"{seconds:.0f}"])
         print(rows[-1], flush=True)
     table = markdown_table(["decoder", "SSIM", "PSNR (dB)", "pixel corr", "fit + predict (s)"], rows)

@@ -22,13 +22,23 @@ def mean_image(z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray) -> 
     return np.broadcast_to(y_train.mean(axis=0, dtype=np.float64).astype(np.float32), (len(z_test), *y_train.shape[1:]))
 
 
+def _cebra_decoder(decoding, z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray, **kwargs) -> np.ndarray:
+    """Run one of ``cebra.integrations.decoders`` on flattened images; predictions as images.
+
+    Those functions also score a validation label; the test images are not theirs to
+    see, so they get zeros and their scores are ignored.
+    """
+    flat = torch.from_numpy(np.ascontiguousarray(y_train.reshape(len(y_train), -1), dtype=np.float32))
+    prediction = decoding(torch.from_numpy(z_train), torch.from_numpy(z_test), flat, torch.zeros(len(z_test), flat.shape[1]), **kwargs)[2]
+    prediction = prediction.detach().numpy() if isinstance(prediction, torch.Tensor) else prediction
+    return np.asarray(prediction, dtype=np.float32).reshape(len(z_test), *y_train.shape[1:])
+
+
 def ridge(z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray) -> np.ndarray:
     """``cebra.integrations.decoders.ridge_decoding`` (GridSearchCV over alpha 1e-4..1)."""
     from cebra.integrations.decoders import ridge_decoding
 
-    flat = torch.from_numpy(np.ascontiguousarray(y_train.reshape(len(y_train), -1), dtype=np.float32))
-    prediction = ridge_decoding(torch.from_numpy(z_train), torch.from_numpy(z_test), flat, torch.zeros(len(z_test), flat.shape[1]))[2]
-    return np.asarray(prediction, dtype=np.float32).reshape(len(z_test), *y_train.shape[1:])
+    return _cebra_decoder(ridge_decoding, z_train, y_train, z_test)
 
 
 def nearest_neighbours(z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray) -> np.ndarray:
@@ -43,10 +53,7 @@ def mlp(z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray) -> np.ndar
     """``cebra.integrations.decoders.mlp_decoding`` (TwoLayersMLP, its default 20 epochs, CPU)."""
     from cebra.integrations.decoders import mlp_decoding
 
-    flat = torch.from_numpy(np.ascontiguousarray(y_train.reshape(len(y_train), -1), dtype=np.float32))
-    prediction = mlp_decoding(torch.from_numpy(z_train), torch.from_numpy(z_test), flat,
-                              torch.zeros(len(z_test), flat.shape[1]), device="cpu", model_type="TwoLayersMLP")[2]
-    return prediction.detach().numpy().astype(np.float32).reshape(len(z_test), *y_train.shape[1:])
+    return _cebra_decoder(mlp_decoding, z_train, y_train, z_test, device="cpu", model_type="TwoLayersMLP")
 
 
 BASELINES = {

@@ -49,7 +49,7 @@ def main(argv=None) -> dict:
     from cebra_halfunet import CEBRAEmbedding, HalfUNetRegressor
     from cebra_halfunet.baselines import BASELINES, timed
     from cebra_halfunet.datasets import make_natural_movie_v1
-    from cebra_halfunet.metrics import peak_signal_noise_ratio, pixel_correlation, structural_similarity
+    from cebra_halfunet.metrics import reconstruction_scores
     from cebra_halfunet.plotting import plot_learning_curve, plot_reconstructions
 
     data = make_natural_movie_v1(args.frames, tuple(args.size), rgb=args.rgb, n_repeats=args.repeats, seed=args.seed)
@@ -74,17 +74,12 @@ def main(argv=None) -> dict:
     print(f"CEBRA + HalfUNet: {seconds:.0f} s, {decoder.n_epochs_} decoder epochs, best {decoder.best_epoch_}")
     z_train, z_test = (pipeline[0].transform(part) for part in (X_train, X_test))
 
-    predictions = {name: timed(decode, z_train, y_train, z_test)[0] for name, decode in BASELINES.items()}
+    predictions = {name: decode(z_train, y_train, z_test) for name, decode in BASELINES.items()}
     predictions["HalfUNetRegressor"] = decoder.predict(z_test)  # = pipeline.predict(X_test)
     scores = {}
     print(f"\n{'held-out frames':<32}{'SSIM':>8}{'PSNR dB':>9}{'corr':>8}")
     for name, prediction in predictions.items():
-        prediction = np.clip(prediction, 0, 1)
-        scores[name] = (
-            structural_similarity(y_test, prediction, data_range=1.0),
-            peak_signal_noise_ratio(y_test, prediction, data_range=1.0),
-            pixel_correlation(y_test, prediction),
-        )
+        scores[name] = reconstruction_scores(y_test, np.clip(prediction, 0, 1), data_range=1.0)
         print(f"{name:<32}{scores[name][0]:>8.3f}{scores[name][1]:>9.2f}{scores[name][2]:>8.3f}")
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,15 @@ def pixel_correlation(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean(np.concatenate(values)))
 
 
+def reconstruction_scores(y_true: np.ndarray, y_pred: np.ndarray, *, data_range: float) -> tuple[float, float, float]:
+    """``(SSIM, PSNR in dB, pixel correlation)``, each the mean over frames."""
+    return (
+        structural_similarity(y_true, y_pred, data_range=data_range),
+        peak_signal_noise_ratio(y_true, y_pred, data_range=data_range),
+        pixel_correlation(y_true, y_pred),
+    )
+
+
 def pooled_r2(y_true: np.ndarray, y_pred: np.ndarray, sample_weight=None) -> float:
     """R² pooled over all outputs: 1 - sum of squared errors / sum of squares about the
     per-output mean, both summed over samples and outputs (pixels).

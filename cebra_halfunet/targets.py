@@ -161,11 +161,9 @@ class TargetFormat:
         are. :class:`DiskImages` stay as they are (indexing them gives tensors)."""
         if isinstance(images, DiskImages):
             return images
-        if images.dtype not in (np.uint8, np.float32):
-            images = images.astype(np.float32)
         with warnings.catch_warnings():  # read-only memmaps: the tensor is only ever read
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            return torch.from_numpy(np.ascontiguousarray(images))
+            return torch.from_numpy(np.ascontiguousarray(_compact(images)))
 
     def encode_batch(self, batch: torch.Tensor) -> torch.Tensor:
         """Stored target batch -> float32 in network units."""
@@ -177,6 +175,11 @@ class TargetFormat:
         if self.dtype == np.uint8:
             return (batch * 255).round_().clamp_(0, 255).to(torch.uint8)
         return batch.to(getattr(torch, self.output_dtype.name))
+
+
+def _compact(images: np.ndarray) -> np.ndarray:
+    """Targets as training batches hold them: uint8 and float32 as they are, others as float32."""
+    return images if images.dtype in (np.uint8, np.float32) else images.astype(np.float32)
 
 
 class DiskImages:
@@ -205,16 +208,11 @@ class DiskImages:
             if step != 1:
                 raise ValueError("DiskImages slices must be contiguous.")
             return DiskImages(self.data, self.format, self.start + start, self.start + max(start, stop))
-        rows = self.read_rows(np.asarray(index))
-        if rows.dtype not in (np.uint8, np.float32):
-            rows = rows.astype(np.float32)
-        return torch.from_numpy(rows)
+        return torch.from_numpy(_compact(self.read_rows(np.asarray(index))))
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of this view as an ``(n, C, H, W)`` ndarray."""
-        rows = np.array(self.data[self.start + start : self.start + min(stop, len(self))])
-        self._release()
-        return rows.reshape(len(rows), *self.shape[1:])
+        return self.read_rows(np.arange(start, min(stop, len(self))))
 
     def read_rows(self, index: np.ndarray) -> np.ndarray:
         """The rows at ``index`` (increasing) as an ``(n, C, H, W)`` ndarray."""

@@ -2,7 +2,9 @@
 functional API.
 
 Data are in-memory tensors indexed by a shuffled permutation (no ``DataLoader``: for
-tensors already in memory it only adds per-batch overhead). Targets stay in their stored
+tensors already in memory it only adds per-batch overhead); targets on disk
+(:class:`~cebra_halfunet.targets.DiskImages`) are indexed the same way and read batch by
+batch. Targets stay in their stored
 dtype (uint8 frames stay uint8) until a batch is on the compute device. On a GPU the data
 move there once when they fit in a quarter of the free memory, and otherwise travel batch
 by batch through pinned memory with non-blocking copies. No ``.item()`` per batch: the
@@ -72,6 +74,11 @@ def _forward(model: nn.Module, batch: torch.Tensor, device: torch.device, autoca
     """``model(batch)`` on ``device``, under autocast to ``autocast`` when given; float32 out."""
     with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
         return model(_to_device(batch, device)).float()
+
+
+def _batch_loss(model, loss_fn, inputs, Y, index, encode, device, autocast) -> torch.Tensor:
+    """``loss_fn`` of the model's output for ``inputs`` against the targets ``Y[index]``."""
+    return loss_fn(_forward(model, inputs, device, autocast), encode(_to_device(Y[_on(index, Y)], device)))
 
 
 def _on(index: torch.Tensor, data) -> torch.Tensor:
@@ -253,7 +260,7 @@ def _train_epoch(model, optimizer, loss_fn, X, Y, encode, batch_size, device, se
         inputs = X[_on(index, X)]
         if input_noise is not None:
             inputs = inputs + (input_noise * torch.randn(inputs.shape, generator=generator)).to(inputs.device)
-        loss = loss_fn(_forward(model, inputs, device, autocast), encode(_to_device(Y[_on(index, Y)], device)))
+        loss = _batch_loss(model, loss_fn, inputs, Y, index, encode, device, autocast)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -269,8 +276,7 @@ def evaluate(model, loss_fn, X, Y, encode, batch_size: int, device: torch.device
     model.eval()
     total = torch.zeros((), device=device)
     for index in _batches(len(X), batch_size):
-        loss = loss_fn(_forward(model, X[_on(index, X)], device, autocast), encode(_to_device(Y[_on(index, Y)], device)))
-        total += loss * len(index)
+        total += _batch_loss(model, loss_fn, X[_on(index, X)], Y, index, encode, device, autocast) * len(index)
     return total.item() / len(X)
 
 

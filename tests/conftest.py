@@ -23,3 +23,28 @@ def make_images(n=60, shape=(8, 16), channels=1, dim=4, seed=0):
 @pytest.fixture
 def data():
     return make_images()
+
+
+def at_training_batch(monkeypatch, at_batch, action):
+    """Make ``HalfUNetRegressor``'s training loss call ``action()`` at training batch
+    ``at_batch`` (1-based; validation batches do not count). Returns the list that
+    records one entry per training batch run."""
+    from cebra_halfunet import HalfUNetRegressor
+
+    batches = []
+    original = HalfUNetRegressor._training_loss
+
+    def training_loss(self):
+        loss = original(self)
+
+        def counted(prediction, target):
+            if prediction.requires_grad:  # training batches, not validation
+                batches.append(1)
+                if len(batches) == at_batch:
+                    action()
+            return loss(prediction, target)
+
+        return counted
+
+    monkeypatch.setattr(HalfUNetRegressor, "_training_loss", training_loss)
+    return batches

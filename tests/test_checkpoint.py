@@ -8,27 +8,13 @@ import pytest
 
 from cebra_halfunet import HalfUNetRegressor
 
+from .conftest import at_training_batch
+
 FAST = dict(latent_dim=16, max_epochs=6, batch_size=16, patience=2, random_state=0)  # 4 training batches/epoch
 
 
-def crash_at_batch(monkeypatch, at_batch):
-    """Make training raise RuntimeError at training batch ``at_batch`` (a crash)."""
-    batches = []
-    original = HalfUNetRegressor._training_loss
-
-    def training_loss(self):
-        loss = original(self)
-
-        def crashing(prediction, target):
-            if prediction.requires_grad:
-                batches.append(1)
-                if len(batches) == at_batch:
-                    raise RuntimeError("simulated crash")
-            return loss(prediction, target)
-
-        return crashing
-
-    monkeypatch.setattr(HalfUNetRegressor, "_training_loss", training_loss)
+def crash():
+    raise RuntimeError("simulated crash")
 
 
 @pytest.mark.parametrize("every", [1, 2])
@@ -37,7 +23,7 @@ def test_resumed_fit_equals_the_uninterrupted_run(data, tmp_path, monkeypatch, e
     reference = HalfUNetRegressor(**FAST).fit(z, images)
     path = tmp_path / "run.safetensors"
     with monkeypatch.context() as patch:
-        crash_at_batch(patch, at_batch=14)  # in epoch 4
+        at_training_batch(patch, 14, crash)  # in epoch 4
         with pytest.raises(RuntimeError, match="simulated crash"):
             HalfUNetRegressor(**FAST, checkpoint_path=path, checkpoint_every=every).fit(z, images)
     saved = HalfUNetRegressor.load(path)
@@ -54,7 +40,7 @@ def test_finished_checkpoint_gives_the_same_decoder_without_training(data, tmp_p
     z, images = data
     path = tmp_path / "run.safetensors"
     first = HalfUNetRegressor(**FAST, checkpoint_path=path).fit(z, images)
-    crash_at_batch(monkeypatch, at_batch=1)  # any training batch would crash
+    at_training_batch(monkeypatch, 1, crash)  # any training batch would crash
     again = HalfUNetRegressor(**FAST, checkpoint_path=path).fit(z, images)
     np.testing.assert_array_equal(again.predict(z), first.predict(z))
     assert again.history_ == first.history_

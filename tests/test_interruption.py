@@ -8,29 +8,9 @@ import pytest
 
 from cebra_halfunet import HalfUNetRegressor
 
+from .conftest import at_training_batch
+
 FAST = dict(latent_dim=16, max_epochs=5, batch_size=16, random_state=0)  # 54 training samples: 4 batches/epoch
-
-
-def interrupting_loss(monkeypatch, at_batch, interrupt):
-    """Make the training loss call ``interrupt()`` at training batch ``at_batch`` (1-based);
-    returns the list of training batches run."""
-    batches = []
-    original = HalfUNetRegressor._training_loss
-
-    def training_loss(self):
-        loss = original(self)
-
-        def counted(prediction, target):
-            if prediction.requires_grad:  # training batches, not validation
-                batches.append(1)
-                if len(batches) == at_batch:
-                    interrupt()
-            return loss(prediction, target)
-
-        return counted
-
-    monkeypatch.setattr(HalfUNetRegressor, "_training_loss", training_loss)
-    return batches
 
 
 def send_sigint():
@@ -46,7 +26,7 @@ def test_ctrl_c_keeps_the_best_weights_warns_and_reraises(data, monkeypatch, int
     z, images = data
     reference = HalfUNetRegressor(**(FAST | {"max_epochs": 2})).fit(z, images)
     handler = signal.getsignal(signal.SIGINT)
-    batches = interrupting_loss(monkeypatch, at_batch=10, interrupt=interrupt)  # epoch 3, batch 2
+    batches = at_training_batch(monkeypatch, 10, interrupt)  # epoch 3, batch 2
     model = HalfUNetRegressor(**FAST)
     with pytest.raises(KeyboardInterrupt), pytest.warns(RuntimeWarning, match="interrupted after 2 complete epoch"):
         model.fit(z, images)
@@ -59,7 +39,7 @@ def test_ctrl_c_keeps_the_best_weights_warns_and_reraises(data, monkeypatch, int
 
 def test_interrupted_fit_without_validation_keeps_the_last_weights_and_partial_fit_resumes(data, monkeypatch):
     z, images = data
-    batches = interrupting_loss(monkeypatch, at_batch=6, interrupt=send_sigint)  # epoch 2, batch 2 of 4
+    batches = at_training_batch(monkeypatch, 6, send_sigint)  # epoch 2, batch 2 of 4
     model = HalfUNetRegressor(**FAST, early_stopping=False)
     with pytest.raises(KeyboardInterrupt), pytest.warns(RuntimeWarning, match="its last weights"):
         model.fit(z, images)
