@@ -1,7 +1,8 @@
 """The main job: CEBRA on simulated V1 responses to a natural movie, then HalfUNet
 reconstructions of movie frames no model saw.
 
-    python -m cebra_halfunet.demo [--size 64 128] [--rgb] [--latent-dim 512] [--loss mse] [--epochs 8] [--device auto]
+    python -m cebra_halfunet.demo [--size 64 128] [--rgb] [--neurons 800] [--latent-dim 512] [--loss mse] [--epochs 8]
+                                  [--device auto]
 
 The movie is made of photographs bundled with scikit-image; the neurons are a simulated
 mouse V1 population (see :func:`cebra_halfunet.datasets.make_natural_movie_v1`). One
@@ -27,6 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rgb", action="store_true", help="colour frames (3 channels)")
     parser.add_argument("--frames", type=int, default=1500, help="frames in the movie")
     parser.add_argument("--repeats", type=int, default=2, help="repeats of the movie in the recording")
+    parser.add_argument("--neurons", type=int, default=800, help="simulated V1 neurons (more neurons, more information)")
     parser.add_argument("--latent-dim", type=int, default=512, help=">= 1024 selects the large decoder body")
     parser.add_argument("--loss", default="mse", help="mse (the estimator's default), l1, bce, ssim or l1_ssim")
     parser.add_argument("--epochs", type=int, default=8, help="maximum decoder epochs (early stopping)")
@@ -52,7 +54,8 @@ def main(argv=None) -> dict:
     from cebra_halfunet.metrics import reconstruction_scores
     from cebra_halfunet.plotting import plot_learning_curve, plot_reconstructions
 
-    data = make_natural_movie_v1(args.frames, tuple(args.size), rgb=args.rgb, n_repeats=args.repeats, seed=args.seed)
+    data = make_natural_movie_v1(args.frames, tuple(args.size), rgb=args.rgb, n_neurons=args.neurons,
+                                 n_repeats=args.repeats, seed=args.seed)
     X_train, y_train, X_test, y_test = data.train_test_split()
     print(f"Recording: {args.frames} frames of {data.frames.shape[1:]} from {len(data.photographs)} photographs, "
           f"{data.neural.shape[-1]} V1 neurons, {args.repeats} repeats; {data.is_test.sum()} frames in held-out "
