@@ -13,6 +13,7 @@ leak: the other repeat of each frame lies next to it), predictions clipped to
 """
 
 import argparse
+from dataclasses import replace
 
 import numpy as np
 from scipy.ndimage import uniform_filter1d
@@ -20,14 +21,9 @@ from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.model_selection import KFold
 
 from _results import markdown_table, write_section
+from cebra_halfunet.baselines import mean_image
 from cebra_halfunet.datasets import make_natural_movie_v1
 from cebra_halfunet.metrics import reconstruction_scores
-
-
-def single_trials(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``(R, T, ...)`` -> the frames in ``mask``, repeats next to each other, ``(T_mask * R, ...)``."""
-    part = values[:, mask]
-    return part.transpose(1, 0, *range(2, part.ndim)).reshape(-1, *part.shape[2:])
 
 
 def main():
@@ -37,19 +33,12 @@ def main():
     rows = []
     for n_neurons in args.neurons:
         recording = make_natural_movie_v1(1500, (64, 128), n_neurons=n_neurons, n_repeats=2, seed=0)
-        repeats = len(recording.neural)
         features = np.sqrt(uniform_filter1d(recording.neural, 5, axis=1))
-        split = {}
-        for name, mask in (("train", recording.is_train), ("test", recording.is_test)):
-            split[name] = (
-                single_trials(features, mask),
-                np.repeat(recording.photo[mask], repeats),
-                np.repeat(recording.frames[mask], repeats, axis=0),
-            )
-        (x_train, photo_train, y_train), (x_test, photo_test, y_test) = split["train"], split["test"]
-        if not rows:
-            mean = np.broadcast_to(y_train.mean(0), y_test.shape)
-            rows.append(["mean image", "-", "-", *(f"{s:.3f}" for s in reconstruction_scores(y_test, mean, data_range=1.0))])
+        x_train, y_train, x_test, y_test = replace(recording, neural=features).train_test_split()
+        photo_train, photo_test = (np.repeat(recording.photo[mask], len(features)) for mask in (recording.is_train, recording.is_test))
+        if not rows:  # the frames, and so the mean image, do not depend on the population
+            scores = reconstruction_scores(y_test, mean_image(x_train, y_train, x_test), data_range=1.0)
+            rows.append(["mean image", "-", "-", *(f"{s:.3f}" for s in scores)])
         classifier = LogisticRegression(C=0.01, max_iter=2000).fit(x_train, photo_train)
         accuracy = (classifier.predict(x_test) == photo_test).mean()
         ridge = RidgeCV(alphas=(10.0, 100.0, 1000.0, 3000.0, 10000.0), cv=KFold(3)).fit(x_train, y_train.reshape(len(y_train), -1))
