@@ -26,7 +26,7 @@ from cebra_halfunet.metrics import reconstruction_scores
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, nargs=2, default=(64, 128))
-    parser.add_argument("--frames", type=int, default=1500)
+    parser.add_argument("--frames", type=int, default=4000)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=12, help="HalfUNet max_epochs (early stopping)")
     parser.add_argument("--cebra-iterations", type=int, default=2000)

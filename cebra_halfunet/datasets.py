@@ -226,7 +226,7 @@ def _gabor_bank(rng, n_neurons, shape, degrees_per_pixel, complex_fraction):
 
 
 def make_natural_movie_v1(
-    n_frames: int = 1500,
+    n_frames: int = 4000,
     output_shape: tuple[int, int] = (64, 128),
     rgb: bool = False,
     n_neurons: int = 800,
@@ -257,6 +257,10 @@ def make_natural_movie_v1(
     median 1 Hz) plus an evoked rate reaching its peak (lognormal, median 15 Hz) at the
     95th percentile of its drive; counts per frame are Poisson with mean rate / frame_rate,
     drawn independently in each of ``n_repeats`` repeats of the movie.
+
+    Length: the default 4000 frames (about 4.5 minutes at 15 frames/s) give a decoder enough
+    distinct views of the photographs to learn from; with 1500, no decoder of these responses
+    passes the mean image on SSIM (``benchmarks/RESULTS.md``).
 
     Split: ``n_test_stretches`` contiguous stretches, ``test_fraction`` of the frames in all,
     spread over the movie, are held out; training frames keep ``gap`` frames away from them.

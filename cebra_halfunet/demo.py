@@ -1,13 +1,13 @@
 """The main job: CEBRA on simulated V1 responses to a natural movie, then HalfUNet
 reconstructions of movie frames no model saw.
 
-    python -m cebra_halfunet.demo [--size 64 128] [--rgb] [--neurons 800] [--latent-dim 512] [--loss mse] [--epochs 8]
+    python -m cebra_halfunet.demo [--size 64 128] [--rgb] [--neurons 800] [--latent-dim 512] [--loss mse] [--epochs 5]
                                   [--device auto]
 
 The movie is made of photographs bundled with scikit-image; the neurons are a simulated
 mouse V1 population (see :func:`cebra_halfunet.datasets.make_natural_movie_v1`). One
 Pipeline, ``CEBRAEmbedding`` (CEBRA with a PCA-of-frames label) then ``HalfUNetRegressor``
-(default parameters, ``max_epochs=8``), is fitted on the training stretches and
+(default parameters, ``max_epochs=5``), is fitted on the training stretches and
 reconstructs the held-out stretches. Prints SSIM / PSNR / pixel correlation next to the
 baselines (mean image, ridge, k nearest neighbours, cebra's MLP) on the same embeddings and
 saves ``reconstruction_results.png`` (originals above reconstructions) and
@@ -26,12 +26,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, nargs=2, default=(64, 128), metavar=("H", "W"), help="frame size")
     parser.add_argument("--rgb", action="store_true", help="colour frames (3 channels)")
-    parser.add_argument("--frames", type=int, default=1500, help="frames in the movie")
+    parser.add_argument("--frames", type=int, default=4000, help="frames in the movie (more frames, more views to learn from)")
     parser.add_argument("--repeats", type=int, default=2, help="repeats of the movie in the recording")
     parser.add_argument("--neurons", type=int, default=800, help="simulated V1 neurons (more neurons, more information)")
     parser.add_argument("--latent-dim", type=int, default=512, help=">= 1024 selects the large decoder body")
     parser.add_argument("--loss", default="mse", help="mse (the estimator's default), l1, bce, ssim or l1_ssim")
-    parser.add_argument("--epochs", type=int, default=8, help="maximum decoder epochs (early stopping)")
+    parser.add_argument("--epochs", type=int, default=5, help="maximum decoder epochs (early stopping)")
     parser.add_argument("--cebra-iterations", type=int, default=2000)
     parser.add_argument("--embedding-dim", type=int, default=32)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
