@@ -4,12 +4,12 @@
 
 A reference for the quality tables: decoders of the raw single-trial responses of
 ``make_natural_movie_v1`` (64x128, 2 repeats), scored on the held-out stretches, for movies
-of each length and populations of each size. Features are square-rooted spike counts averaged over a 5-frame window centred on
-each frame (CEBRA's offset models also see neighbouring frames). Photograph: multinomial
-logistic regression naming which of the six photographs a held-out frame shows (chance 1/6).
-Pixels: ridge regression with alpha chosen by contiguous 3-fold CV (leave-one-out would
-leak: the other repeat of each frame lies next to it), predictions clipped to
-[0, 1]. The mean image is the floor every decoder should pass.
+of each length and populations of each size. Features are square-rooted spike counts
+averaged over a 5-frame window centred on each frame (CEBRA's offset models also see
+neighbouring frames). Photograph: multinomial logistic regression naming which of the six
+photographs a held-out frame shows (chance 1/6). Pixels: ridge regression with alpha chosen
+by contiguous 3-fold CV (leave-one-out would leak: the other repeat of each frame lies next
+to it), predictions clipped to [0, 1]. The mean image is the floor every decoder should pass.
 """
 
 import argparse
