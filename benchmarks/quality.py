@@ -2,6 +2,7 @@
 
     python benchmarks/quality.py --size 64 128
     python benchmarks/quality.py --size 128 256 --frames 1000 --epochs 6 --decoders 512:l1_ssim 1024:l1_ssim
+    python benchmarks/quality.py --decoders 512:mse 512:mse:ema_decay=0 512:l1:embedding_noise=1,lr=3e-4
 
 Data: ``make_natural_movie_v1`` (scikit-image photographs panned and jumped across, a
 simulated V1 population, held-out stretches of the movie). One CEBRA embedding
@@ -10,6 +11,7 @@ same embeddings and is scored on the held-out frames (single trials of every rep
 """
 
 import argparse
+import ast
 import time
 from pathlib import Path
 
@@ -30,7 +32,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=12, help="HalfUNet max_epochs (early stopping)")
     parser.add_argument("--cebra-iterations", type=int, default=2000)
-    parser.add_argument("--decoders", nargs="*", default=None, help="HalfUNet configurations as latent:loss")
+    parser.add_argument(
+        "--decoders", nargs="*", default=None, help="HalfUNet configurations as latent:loss[:param=value,...]"
+    )
     parser.add_argument("--embeddings", type=Path, help="file to save the CEBRA embeddings to, or reuse them from")
     args = parser.parse_args()
     size = tuple(args.size)
@@ -55,18 +59,21 @@ def main():
             np.savez(args.embeddings, z_train=z_train, z_test=z_test, seconds=cebra_time)
     print(f"CEBRA: {cebra_time:.0f} s; {len(z_train)} training and {len(z_test)} held-out samples")
 
-    def halfunet(latent_dim, loss):
+    def halfunet(parameters):
         def decode(z_train, y_train, z_test):
-            model = HalfUNetRegressor(latent_dim=latent_dim, loss=loss, max_epochs=args.epochs, random_state=0, verbose=True)
+            model = HalfUNetRegressor(max_epochs=args.epochs, random_state=0, verbose=True, **parameters)
             return model.fit(z_train, y_train).predict(z_test)
 
         return decode
 
     decoders = dict(BASELINES)
-    configurations = args.decoders or ["512:mse", "512:l1", "512:l1_ssim", "1024:l1_ssim"]
-    for configuration in configurations:
-        latent_dim, loss = configuration.split(":")
-        decoders[f"HalfUNet latent {latent_dim}, {loss}"] = halfunet(int(latent_dim), loss)
+    for configuration in args.decoders or ["512:mse", "512:l1", "512:l1_ssim", "1024:l1_ssim"]:
+        latent_dim, loss, *changed = configuration.split(":")
+        parameters = {"latent_dim": int(latent_dim), "loss": loss}
+        for assignment in changed[0].split(",") if changed else []:
+            name, value = assignment.split("=")
+            parameters[name] = ast.literal_eval(value)
+        decoders[f"HalfUNet latent {latent_dim}, {loss}{''.join(', ' + c for c in changed)}"] = halfunet(parameters)
 
     rows = []
     for name, fit_predict in decoders.items():
@@ -81,7 +88,7 @@ def main():
         f"Built-in natural movie ({args.frames} frames, {args.repeats} repeats, gray), {recording.neural.shape[-1]} "
         f"simulated V1 neurons; {len(z_train)} training / {len(z_test)} held-out single-trial samples. Same CEBRA "
         f"embedding for all (offset10-model, 32-d, {args.cebra_iterations} iterations, PCA label, {cebra_time:.0f} s). "
-        f"HalfUNet: max_epochs={args.epochs} with early stopping, other parameters default. Predictions clipped to "
+        f"HalfUNet: max_epochs={args.epochs} with early stopping, other parameters default unless named. Predictions clipped to "
         "[0, 1] before scoring; metrics are means over held-out frames.",
     )
 

@@ -99,6 +99,14 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         Gaussian noise added to the training embeddings, in units of each feature's
         standard deviation: neighbouring embeddings must decode to similar images, which
         regularises the decoder towards frames it has not seen.
+    ema_decay : float in [0, 1), default 0.998
+        Decay of an exponential moving average of the weights, updated after every batch
+        (it spans about ``1 / (1 - ema_decay)`` batches). The average is what is
+        validated, kept and predicted with: it carries less of the noise of the last
+        batches than the raw weights, which on held-out frames is worth more than any
+        other single setting (see ``benchmarks/RESULTS.md``). Each ``fit`` or
+        ``partial_fit`` call averages its own steps (normalised, see
+        :class:`~cebra_halfunet.training.WeightAverage`). 0 turns it off.
     validation_fraction : float in [0, 1), default 0.1
         With ``early_stopping``, the last fraction of the samples (in the given order: a
         contiguous stretch of a recording, not a shuffled subset that neighbouring,
@@ -177,6 +185,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "embedding_noise": [Interval(Real, 0, None, closed="left")],
+        "ema_decay": [Interval(Real, 0, 1, closed="left")],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "early_stopping": ["boolean"],
         "patience": [Interval(Integral, 1, None, closed="left")],
@@ -202,6 +211,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         max_epochs=100,
         weight_decay=1e-4,
         embedding_noise=0.0,
+        ema_decay=0.998,
         validation_fraction=0.1,
         early_stopping=True,
         patience=10,
@@ -224,6 +234,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         self.max_epochs = max_epochs
         self.weight_decay = weight_decay
         self.embedding_noise = embedding_noise
+        self.ema_decay = ema_decay
         self.validation_fraction = validation_fraction
         self.early_stopping = early_stopping
         self.patience = patience
@@ -337,6 +348,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
                 on_epoch_end=write_checkpoint,
                 autocast=self._autocast(),
                 input_noise=torch.from_numpy(self.embedding_noise * X[:n_train].std(axis=0)) if self.embedding_noise else None,
+                ema_decay=self.ema_decay,
                 verbose=bool(self.verbose),
             )
         except torch.cuda.OutOfMemoryError:
@@ -447,8 +459,11 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         }
         if state is not None:
             fitted["best_epoch_"] = state.best_epoch
-            metadata["training"] = {"best_loss": state.best_loss, "fingerprint": fingerprint}
+            metadata["training"] = {
+                "best_loss": state.best_loss, "average_steps": state.average_steps, "fingerprint": fingerprint
+            }
             tensors.update({f"best.{name}": value for name, value in (state.best_weights or {}).items()})
+            tensors.update({f"average.{name}": value for name, value in (state.average_weights or {}).items()})
         write_file(path, tensors, metadata)
 
     def _restore(self, path, metadata: dict, tensors: dict) -> None:
@@ -490,6 +505,8 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
             best_loss=training["best_loss"],
             best_epoch=self.best_epoch_,
             best_weights=_with_prefix(tensors, "best.") or None,
+            average_weights=_with_prefix(tensors, "average.") or None,
+            average_steps=training["average_steps"],
         )
 
     def _autocast(self) -> torch.dtype | None:

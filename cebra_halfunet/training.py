@@ -110,6 +110,10 @@ class TrainingState:
         Lowest validation loss so far and its epoch (None before the first).
     best_weights : dict or None
         State dict of the best epoch (kept when early stopping is on).
+    average_weights : dict or None
+        State dict of the weight average after the last completed epoch (when averaging).
+    average_steps : int
+        Updates that average has had.
     interrupted : bool
         The run was stopped by Ctrl-C (KeyboardInterrupt).
     """
@@ -118,6 +122,8 @@ class TrainingState:
     best_loss: float = math.inf
     best_epoch: int | None = None
     best_weights: dict | None = None
+    average_weights: dict | None = None
+    average_steps: int = 0
     interrupted: bool = False
 
     def patience_exhausted(self, patience: int | None) -> bool:
@@ -125,6 +131,42 @@ class TrainingState:
         if patience is None or self.best_epoch is None:
             return False
         return self.history[-1]["epoch"] - self.best_epoch >= patience
+
+
+class WeightAverage:
+    """Exponential moving average of a model's parameters, updated after every step.
+
+    Averaging the weights of the last ~``1 / (1 - decay)`` steps cancels much of the
+    noise that the last mini-batches leave in them (Polyak & Juditsky 1992); the average
+    generalises better than the weights of any single step. The average is corrected for
+    its start as Adam's moments are (Kingma & Ba 2015): it weighs the weights after steps
+    ``0..t`` by ``decay ** (t - i)``, normalised, and never the initial weights, so that a
+    short run is not held back by them.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model being trained; ``module`` is a copy of it that holds the average.
+    decay : float in (0, 1)
+    weights : dict, optional
+        State dict to start the average from (a resumed run); default: ``model``'s.
+    steps : int
+        Updates already made (a resumed run).
+    """
+
+    def __init__(self, model: nn.Module, decay: float, weights: dict | None = None, steps: int = 0):
+        self.decay, self.steps = decay, steps
+        self.module = copy.deepcopy(model).requires_grad_(False)
+        if weights is not None:
+            self.module.load_state_dict(weights)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Move the average towards ``model``'s current parameters."""
+        weight = (1 - self.decay) / (1 - self.decay ** (self.steps + 1))
+        for average, current in zip(self.module.parameters(), model.parameters()):
+            average.lerp_(current, weight)
+        self.steps += 1
 
 
 class _InterruptFlag:
@@ -169,6 +211,7 @@ def train(
     on_epoch_end: Callable[[TrainingState], None] | None = None,
     autocast: torch.dtype | None = None,
     input_noise: torch.Tensor | None = None,
+    ema_decay: float = 0.0,
     verbose: bool = False,
 ) -> TrainingState:
     """Train ``model`` in place with mini-batches drawn from seeded permutations.
@@ -205,6 +248,9 @@ def train(
     input_noise : Tensor ``(D,)``, optional
         Standard deviation, per input feature, of Gaussian noise added to the training
         inputs (drawn from the epoch's seeded generator; validation inputs are clean).
+    ema_decay : float in [0, 1)
+        With a positive value, a :class:`WeightAverage` of the weights with this decay is
+        what is validated, kept as the best weights and returned in ``model``.
     verbose : bool
         Show a progress bar with the losses.
 
@@ -218,6 +264,8 @@ def train(
     model.to(device)
     X, Y, X_valid, Y_valid = _resident([X, Y, X_valid, Y_valid], device)
     state = state if state is not None else TrainingState()
+    average = WeightAverage(model, ema_decay, state.average_weights, state.average_steps) if ema_decay else None
+    trained = average.module if average else model  # the weights that are validated and kept
     start = state.history[-1]["epoch"] + 1 if state.history else first_epoch
     epochs = range(start, first_epoch + max_epochs)
     with _InterruptFlag() as interrupt, tqdm(epochs, desc="HalfUNet", unit="epoch", disable=not verbose) as bar:
@@ -227,7 +275,8 @@ def train(
             started = time.perf_counter()
             try:
                 train_loss = _train_epoch(
-                    model, optimizer, loss_fn, X, Y, encode, batch_size, device, seed + epoch, interrupt, autocast, input_noise
+                    model, optimizer, loss_fn, X, Y, encode, batch_size, device, seed + epoch, interrupt, autocast,
+                    input_noise, average,
                 )
             except KeyboardInterrupt:
                 train_loss = None
@@ -236,21 +285,23 @@ def train(
                 break
             record = {"epoch": epoch, "train_loss": train_loss, "valid_loss": None}
             if X_valid is not None:
-                record["valid_loss"] = evaluate(model, loss_fn, X_valid, Y_valid, encode, batch_size, device, autocast)
+                record["valid_loss"] = evaluate(trained, loss_fn, X_valid, Y_valid, encode, batch_size, device, autocast)
                 if record["valid_loss"] < state.best_loss:
                     state.best_loss, state.best_epoch = record["valid_loss"], epoch
-                    state.best_weights = copy.deepcopy(model.state_dict()) if patience is not None else None
+                    state.best_weights = copy.deepcopy(trained.state_dict()) if patience is not None else None
+            if average is not None:
+                state.average_weights, state.average_steps = average.module.state_dict(), average.steps
             record["duration_s"] = time.perf_counter() - started
             state.history.append(record)
             bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k.endswith("loss") and v is not None})
             if on_epoch_end is not None:
                 on_epoch_end(state)
-    if state.best_weights is not None:
-        model.load_state_dict(state.best_weights)
+    if state.best_weights is not None or average is not None:
+        model.load_state_dict(state.best_weights or average.module.state_dict())
     return state
 
 
-def _train_epoch(model, optimizer, loss_fn, X, Y, encode, batch_size, device, seed, interrupt, autocast, input_noise):
+def _train_epoch(model, optimizer, loss_fn, X, Y, encode, batch_size, device, seed, interrupt, autocast, input_noise, average):
     """Mean training loss of one pass over shuffled batches; None if interrupted."""
     model.train()
     total = torch.zeros((), device=device)
@@ -264,6 +315,8 @@ def _train_epoch(model, optimizer, loss_fn, X, Y, encode, batch_size, device, se
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if average is not None:
+            average.update(model)
         total += loss.detach() * len(index)
         if interrupt.requested:
             return None

@@ -100,7 +100,7 @@ def test_bce_predicts_probabilities(data):
 @pytest.mark.parametrize("loss", ["mse", "l1", "ssim", "l1_ssim"])
 def test_every_loss_learns(loss):
     z, images = make_images(n=80)
-    model = regressor(loss=loss, max_epochs=40, early_stopping=False, lr=3e-3).fit(z, images)
+    model = regressor(loss=loss, max_epochs=40, early_stopping=False, lr=3e-3, ema_decay=0).fit(z, images)
     first, last = model.history_[0]["train_loss"], model.history_[-1]["train_loss"]
     assert last < 0.7 * first
     assert ssim_scorer(model, z, images) > 0.5
@@ -313,3 +313,49 @@ def test_embedding_noise_is_seeded_and_regularises(data):
     assert not np.array_equal(noisy.predict(z), clean.predict(z))
     # noise makes the training fit looser: the clean decoder fits its training data better
     assert clean.score(z, images) > noisy.score(z, images)
+
+
+def test_weight_average_is_the_normalised_exponential_average_of_the_steps():
+    from cebra_halfunet.training import WeightAverage
+
+    model = torch.nn.Linear(2, 1)
+    average = WeightAverage(model, decay=0.5)
+    steps = [model.weight.detach() + shift for shift in (1.0, 2.0, 4.0)]
+    for weights in steps:
+        with torch.no_grad():
+            model.weight.copy_(weights)
+        average.update(model)
+    # weights 1/4, 2/4 and 4/4, normalised; the initial weights do not count
+    expected = (steps[0] + 2 * steps[1] + 4 * steps[2]) / 7
+    torch.testing.assert_close(average.module.weight, expected)
+    assert average.steps == 3 and not average.module.weight.requires_grad
+
+
+def test_predictions_use_the_average_of_the_weights_of_every_step(data, monkeypatch):
+    z, images = data
+    steps = []  # the raw weights before the first step and after every step
+    original_step = torch.optim.AdamW.step
+
+    def recording_step(optimizer, *args, **kwargs):
+        weights = lambda: [p.detach().clone() for group in optimizer.param_groups for p in group["params"]]  # noqa: E731
+        steps.extend([weights()] if not steps else [])
+        result = original_step(optimizer, *args, **kwargs)
+        steps.append(weights())
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    raw = regressor(early_stopping=False, ema_decay=0).fit(z, images)
+    trajectory, steps = steps, []
+    averaged = regressor(early_stopping=False, ema_decay=0.9).fit(z, images)
+    assert len(steps) == len(trajectory) > 10
+    for before, after in zip(trajectory, steps):  # the average does not change the training itself
+        for a, b in zip(before, after):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    n = len(trajectory) - 1  # the average of the weights after every step, step i weighted 0.9 ** (n - i)
+    coefficients = 0.9 ** torch.arange(n - 1, -1, -1, dtype=torch.float64)
+    coefficients /= coefficients.sum()
+    expected = [sum(c * w[k].double() for c, w in zip(coefficients, trajectory[1:])).float() for k in range(len(trajectory[0]))]
+    for e, p in zip(expected, averaged.module_.parameters()):
+        torch.testing.assert_close(p, e, rtol=1e-5, atol=1e-6)
+    assert not all(torch.equal(p, r) for p, r in zip(averaged.module_.parameters(), raw.module_.parameters()))
+    torch.testing.assert_close(list(raw.module_.parameters())[0], trajectory[-1][0], rtol=0, atol=0)
