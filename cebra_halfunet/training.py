@@ -159,13 +159,14 @@ class WeightAverage:
         self.module = copy.deepcopy(model).requires_grad_(False)
         if weights is not None:
             self.module.load_state_dict(weights)
+        self._averages = list(self.module.parameters())
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Move the average towards ``model``'s current parameters."""
+        """Move the average towards ``model``'s current parameters (one fused kernel per
+        device and dtype, as timm's model EMA does, not one per tensor)."""
         weight = (1 - self.decay) / (1 - self.decay ** (self.steps + 1))
-        for average, current in zip(self.module.parameters(), model.parameters()):
-            average.lerp_(current, weight)
+        torch._foreach_lerp_(self._averages, list(model.parameters()), weight)
         self.steps += 1
 
 
