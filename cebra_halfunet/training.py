@@ -297,8 +297,8 @@ def train(
             bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k.endswith("loss") and v is not None})
             if on_epoch_end is not None:
                 on_epoch_end(state)
-    if state.best_weights is not None or average is not None:
-        model.load_state_dict(state.best_weights or average.module.state_dict())
+    if state.best_weights is not None or trained is not model:
+        model.load_state_dict(state.best_weights or trained.state_dict())
     return state
 
 

@@ -336,11 +336,14 @@ def test_predictions_use_the_average_of_the_weights_of_every_step(data, monkeypa
     steps = []  # the raw weights before the first step and after every step
     original_step = torch.optim.AdamW.step
 
+    def snapshot(optimizer):
+        return [p.detach().clone() for group in optimizer.param_groups for p in group["params"]]
+
     def recording_step(optimizer, *args, **kwargs):
-        weights = lambda: [p.detach().clone() for group in optimizer.param_groups for p in group["params"]]  # noqa: E731
-        steps.extend([weights()] if not steps else [])
+        if not steps:
+            steps.append(snapshot(optimizer))
         result = original_step(optimizer, *args, **kwargs)
-        steps.append(weights())
+        steps.append(snapshot(optimizer))
         return result
 
     monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
