@@ -53,7 +53,7 @@ def decode_population(n_frames: int, n_neurons: int, with_mean_image: bool) -> l
     recording = make_natural_movie_v1(n_frames, (64, 128), n_neurons=n_neurons, n_repeats=2, seed=0)
     features = np.sqrt(uniform_filter1d(recording.neural, 5, axis=1))
     x_train, y_train, x_test, y_test = replace(recording, neural=features).train_test_split()
-    photo_train, photo_test = (np.repeat(recording.photo[mask], len(features)) for mask in (recording.is_train, recording.is_test))
+    photo_train, photo_test = (recording.per_trial(recording.photo, mask) for mask in (recording.is_train, recording.is_test))
     rows = []
     if with_mean_image:
         scores = reconstruction_scores(y_test, mean_image(x_train, y_train, x_test), data_range=1.0)

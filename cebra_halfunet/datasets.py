@@ -170,8 +170,15 @@ class V1Recording:
         parts = []
         for mask in (self.is_train, self.is_test):
             parts.append(self.neural[:, mask].transpose(1, 0, 2).reshape(-1, self.neural.shape[-1]))
-            parts.append(np.repeat(self.frames[mask], len(self.neural), axis=0))
+            parts.append(self.per_trial(self.frames, mask))
         return tuple(parts)
+
+    def per_trial(self, values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Per-frame ``values`` ``(T, ...)`` at the frames in ``mask``, laid out like the samples
+        of :meth:`train_test_split`: ``(mask.sum() * R, ...)``, each frame's value once per
+        repeat. E.g. ``per_trial(photo, is_test)`` labels the test samples with their photograph.
+        """
+        return np.repeat(values[mask], len(self.neural), axis=0)
 
 
 def _eye_path(rng, n_frames, n_photos, fixation_frames, pan_speed, switch_probability):
