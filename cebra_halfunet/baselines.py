@@ -41,11 +41,27 @@ def ridge(z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray) -> np.nd
     return _cebra_decoder(ridge_decoding, z_train, y_train, z_test)
 
 
+class ChunkedKNeighborsRegressor(KNeighborsRegressor):
+    """``KNeighborsRegressor`` that predicts ``chunk`` queries at a time.
+
+    scikit-learn's ``predict`` gathers the neighbours' targets of all queries at once,
+    ``(n_queries, k, n_outputs)``: for 2,000 queries, k = 100 and 128x256 images that is
+    25 GiB, and GridSearchCV silently scores such a k as NaN. Same predictions, bounded memory.
+    """
+
+    chunk = 64
+
+    def predict(self, X):
+        predict = super().predict
+        return np.concatenate([predict(X[start : start + self.chunk]) for start in range(0, len(X), self.chunk)])
+
+
 def nearest_neighbours(z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray) -> np.ndarray:
     """k nearest neighbours, k and the metric (euclidean, cosine) chosen by contiguous 3-fold CV."""
     fold_size = len(z_train) - -(-len(z_train) // 3)  # the fewest training samples in a 3-fold split
     grid = {"n_neighbors": [k for k in (1, 5, 10, 20, 50, 100) if k <= fold_size], "metric": ["euclidean", "cosine"]}
-    search = GridSearchCV(KNeighborsRegressor(), grid, cv=KFold(3)).fit(z_train, y_train.reshape(len(y_train), -1))
+    search = GridSearchCV(ChunkedKNeighborsRegressor(), grid, cv=KFold(3), error_score="raise")
+    search.fit(z_train, y_train.reshape(len(y_train), -1))
     return search.predict(z_test).astype(np.float32).reshape(len(z_test), *y_train.shape[1:])
 
 

@@ -80,6 +80,11 @@ def test_natural_movie_split_holds_out_stretches_with_a_gap():
     np.testing.assert_array_equal(y_test[::2], data.frames[data.is_test])  # time order, repeats side by side
     np.testing.assert_array_equal(y_test[1::2], data.frames[data.is_test])
     np.testing.assert_array_equal(X_test[1::2], data.neural[1, data.is_test])
+    photo_test = data.per_trial(data.photo, data.is_test)  # labels laid out like the samples
+    assert photo_test.shape == (160,)
+    np.testing.assert_array_equal(photo_test[::2], data.photo[data.is_test])
+    np.testing.assert_array_equal(photo_test[1::2], data.photo[data.is_test])
+    np.testing.assert_array_equal(data.per_trial(data.frames, data.is_train), y_train)
 
 
 def test_simulated_v1_responds_to_the_movie():
@@ -134,3 +139,17 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert (tmp_path / "reconstruction_results.png").exists() and (tmp_path / "learning_curve.png").exists()
     out = capsys.readouterr().out
     assert "SSIM" in out and "40 V1 neurons" in out
+
+
+def test_chunked_nearest_neighbours_predict_as_scikit_learn():
+    """Predicting in chunks (bounded memory for large k and images) changes no prediction."""
+    from sklearn.neighbors import KNeighborsRegressor
+
+    from cebra_halfunet.baselines import ChunkedKNeighborsRegressor
+
+    rng = np.random.default_rng(0)
+    z_train, y_train, z_test = rng.normal(size=(300, 4)), rng.random((300, 24)), rng.normal(size=(150, 4))
+    chunked = ChunkedKNeighborsRegressor(n_neighbors=20).fit(z_train, y_train)
+    assert chunked.chunk < len(z_test) and len(z_test) % chunked.chunk  # several chunks, the last one short
+    expected = KNeighborsRegressor(n_neighbors=20).fit(z_train, y_train).predict(z_test)
+    np.testing.assert_allclose(chunked.predict(z_test), expected)
