@@ -46,7 +46,8 @@ class ChunkedKNeighborsRegressor(KNeighborsRegressor):
 
     scikit-learn's ``predict`` gathers the neighbours' targets of all queries at once,
     ``(n_queries, k, n_outputs)``: for 2,000 queries, k = 100 and 128x256 images that is
-    25 GiB, and GridSearchCV silently scores such a k as NaN. Same predictions, bounded memory.
+    25 GiB, and GridSearchCV by default scores such a k as NaN with only a warning. Same
+    predictions, bounded memory.
     """
 
     chunk = 64
