@@ -111,7 +111,9 @@ class TrainingState:
     best_weights : dict or None
         State dict of the best epoch (kept when early stopping is on).
     average_weights : dict or None
-        State dict of the weight average after the last completed epoch (when averaging).
+        State dict of the weight average (when averaging). Its tensors are the average's
+        own, not a copy: they hold the average after the last completed epoch until
+        training goes on (checkpoints are written at epoch ends).
     average_steps : int
         Updates that average has had.
     interrupted : bool
@@ -141,7 +143,8 @@ class WeightAverage:
     generalises better than the weights of any single step. The average is corrected for
     its start as Adam's moments are (Kingma & Ba 2015): it weighs the weights after steps
     ``0..t`` by ``decay ** (t - i)``, normalised, and never the initial weights, so that a
-    short run is not held back by them.
+    short run is not held back by them. Only parameters are averaged; buffers are copied
+    once (the decoders' only buffers, the output offset and scale, do not train).
 
     Parameters
     ----------
