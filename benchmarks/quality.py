@@ -6,7 +6,7 @@
 
 Data: ``make_natural_movie_v1`` (scikit-image photographs panned and jumped across, a
 simulated V1 population, held-out stretches of the movie). One CEBRA embedding
-(``CEBRAEmbedding``, PCA label) is fitted on the training responses; every decoder gets the
+(``CEBRAEmbedding``, PCA label, the demo's CEBRA model) is fitted on the training responses; every decoder gets the
 same embeddings and is scored on the held-out frames (single trials of every repeat).
 """
 
@@ -15,13 +15,13 @@ import ast
 import time
 from pathlib import Path
 
-import cebra
 import numpy as np
 
 from _results import markdown_table, write_section
 from cebra_halfunet import CEBRAEmbedding, HalfUNetRegressor
 from cebra_halfunet.baselines import BASELINES, timed
 from cebra_halfunet.datasets import make_natural_movie_v1
+from cebra_halfunet.demo import DEMO_TEMPERATURE, demo_cebra
 from cebra_halfunet.metrics import reconstruction_scores
 
 
@@ -32,6 +32,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=12, help="HalfUNet max_epochs (early stopping)")
     parser.add_argument("--cebra-iterations", type=int, default=2000)
+    parser.add_argument("--cebra-temperature", type=float, default=DEMO_TEMPERATURE)
     parser.add_argument(
         "--decoders", nargs="*", default=None, help="HalfUNet configurations as latent:loss[:param=value,...]"
     )
@@ -48,8 +49,7 @@ def main():
         z_train, z_test, cebra_time = cached["z_train"], cached["z_test"], float(cached["seconds"])
     else:
         embedding = CEBRAEmbedding(
-            cebra.CEBRA(model_architecture="offset10-model", output_dimension=32, max_iterations=args.cebra_iterations,
-                        batch_size=512, time_offsets=10, device="cpu"),
+            demo_cebra(32, args.cebra_iterations, args.cebra_temperature),
             label="pca",
             random_state=0,
         ).fit(X_train, flat_train)
@@ -82,12 +82,14 @@ def main():
         rows.append([name, *(f"{s:.3f}" for s in scores), f"{seconds:.0f}"])
         print(rows[-1], flush=True)
     table = markdown_table(["decoder", "SSIM", "PSNR (dB)", "pixel corr", "fit + predict (s)"], rows)
+    other_temperature = "" if args.cebra_temperature == DEMO_TEMPERATURE else f", CEBRA temperature {args.cebra_temperature}"
     write_section(
-        f"Reconstruction quality at {size[0]}x{size[1]}",
+        f"Reconstruction quality at {size[0]}x{size[1]}{other_temperature}",
         table,
         f"Built-in natural movie ({args.frames} frames, {args.repeats} repeats, gray), {recording.neural.shape[-1]} "
         f"simulated V1 neurons; {len(z_train)} training / {len(z_test)} held-out single-trial samples. Same CEBRA "
-        f"embedding for all (offset10-model, 32-d, {args.cebra_iterations} iterations, PCA label, {cebra_time:.0f} s). "
+        f"embedding for all (the demo's: offset10-model, 32-d, {args.cebra_iterations} iterations, "
+        f"temperature {args.cebra_temperature}, PCA label, {cebra_time:.0f} s). "
         f"HalfUNet: max_epochs={args.epochs} with early stopping, other parameters default unless named. Predictions clipped to "
         "[0, 1] before scoring; metrics are means over held-out frames.",
     )

@@ -131,14 +131,14 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     from cebra_halfunet.demo import main
 
     scores = main(["--size", "8", "16", "--frames", "200", "--repeats", "2", "--neurons", "40", "--epochs", "2", "--cebra-iterations", "5",
-                   "--latent-dim", "16", "--device", "cpu", "--out", str(tmp_path)])
+                   "--cebra-temperature", "0.5", "--latent-dim", "16", "--device", "cpu", "--out", str(tmp_path)])
     assert list(scores) == ["mean image", "ridge (cebra ridge_decoding)", "kNN (grid over k, metric)",
                             "MLP (cebra mlp_decoding)", "HalfUNetRegressor"]
     # tiny 8x16 views can repeat exactly, so a nearest neighbour may score PSNR = inf
     assert all(np.isfinite(values[0]) and np.isfinite(values[2]) and not np.isnan(values[1]) for values in scores.values())
     assert (tmp_path / "reconstruction_results.png").exists() and (tmp_path / "learning_curve.png").exists()
     out = capsys.readouterr().out
-    assert "SSIM" in out and "40 V1 neurons" in out
+    assert "SSIM" in out and "40 V1 neurons" in out and "CEBRA (temperature 0.5)" in out
 
 
 def test_chunked_nearest_neighbours_predict_as_scikit_learn():
