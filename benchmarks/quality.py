@@ -88,8 +88,8 @@ def main():
         table,
         f"Built-in natural movie ({args.frames} frames, {args.repeats} repeats, gray), {recording.neural.shape[-1]} "
         f"simulated V1 neurons; {len(z_train)} training / {len(z_test)} held-out single-trial samples. Same CEBRA "
-        f"embedding for all (the demo's: offset10-model, 32-d, {args.cebra_iterations} iterations, "
-        f"temperature {args.cebra_temperature}, PCA label, {cebra_time:.0f} s). "
+        f"embedding for all (the demo's CEBRA model, offset10-model, 32-d, {args.cebra_iterations} "
+        f"iterations, at temperature {args.cebra_temperature}; PCA label, {cebra_time:.0f} s). "
         f"HalfUNet: max_epochs={args.epochs} with early stopping, other parameters default unless named. Predictions clipped to "
         "[0, 1] before scoring; metrics are means over held-out frames.",
     )
