@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import cebra
 
 
 #: CEBRA's InfoNCE temperature in the demo. On the built-in movie (64x128, 4000 frames), 0.3
@@ -34,7 +38,7 @@ def demo_cebra(
     temperature: float = DEMO_TEMPERATURE,
     device: str = "cpu",
     verbose: bool = False,
-):
+) -> cebra.CEBRA:
     """The CEBRA model of the demo and of ``benchmarks/quality.py``: offset10-model,
     batch 512, time offset 10, cosine InfoNCE at ``temperature``."""
     import cebra
