@@ -6,8 +6,9 @@
 
 Data: ``make_natural_movie_v1`` (scikit-image photographs panned and jumped across, a
 simulated V1 population, held-out stretches of the movie). One CEBRA embedding
-(``CEBRAEmbedding``, PCA label, the demo's CEBRA model) is fitted on the training responses; every decoder gets the
-same embeddings and is scored on the held-out frames (single trials of every repeat).
+(``CEBRAEmbedding``, PCA label, the demo's CEBRA model) is fitted on the training
+responses; every decoder gets the same embeddings and is scored on the held-out frames
+(single trials of every repeat).
 """
 
 import argparse
