@@ -49,6 +49,7 @@ def halfunet_decoding(
     n_run: int | None = None,
     loss_fn: str = "mse",
     *,
+    ensemble_size: int = 1,
     random_state=None,
     verbose: bool = False,
 ) -> tuple[float, float, torch.Tensor]:
@@ -72,6 +73,9 @@ def halfunet_decoding(
     n_run : int, optional
         Run index, required for dict (multi-session) embeddings.
     loss_fn : {"mse", "l1", "bce", "ssim", "l1_ssim"}
+    ensemble_size : int, default 1
+        Decoders trained side by side whose mean is the prediction (keyword only). One, as
+        ``cebra.integrations.decoders`` trains one network; ``HalfUNetRegressor`` defaults to 3.
     random_state, verbose
         Seed and progress bar (keyword only).
 
@@ -93,6 +97,7 @@ def halfunet_decoding(
         output_shape=output_shape,
         output_channels=output_channels,
         latent_dim=latent_dim,
+        ensemble_size=ensemble_size,
         loss=loss_fn,
         lr=lr,
         batch_size=batch_size,

@@ -77,6 +77,19 @@ _LOSSES = {
 LOSS_NAMES = tuple(_LOSSES)
 
 
+def per_member(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``loss`` for ensembles: predictions ``(K, B, C, H, W)`` of ``K`` members against targets
+    ``(B, C, H, W)`` score the mean of the members' losses; a plain batch ``(B, C, H, W)``
+    (the ensemble's mean, in eval mode) is scored as it is."""
+
+    def member_mean(pred, target):
+        if pred.dim() == target.dim() + 1:
+            return torch.stack([loss(member_pred, target) for member_pred in pred]).mean()
+        return loss(pred, target)
+
+    return member_mean
+
+
 def make_loss(name: str, data_range: float = 1.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Loss ``f(pred, target) -> scalar`` (mean over the batch) by name.
 

@@ -271,3 +271,41 @@ class HalfUNetDecoder(nn.Module):
         """Decode embeddings ``(B, input_dim)`` into images ``(B, output_channels, H, W)``."""
         check_batch(x, self.input_dim, "x")
         return self.body(self.to_latent(x))
+
+
+class DecoderEnsemble(nn.Module):
+    """Decoders trained side by side, each from its own initialisation; predicts their mean.
+
+    Each member is fitted to the targets on its own (a deep ensemble, Lakshminarayanan et
+    al. 2017). What a member learned by chance (from its initialisation) differs between
+    members and averages out; what the data teach them all stays.
+
+    Parameters
+    ----------
+    members : iterable of nn.Module
+        Decoders of one input and output shape, ``(B, D) -> (B, C, H, W)``.
+
+    Returns
+    -------
+    In training mode the forward pass returns every member's output, ``(K, B, C, H, W)``
+    for ``K`` members, to be scored member by member
+    (:func:`~cebra_halfunet.losses.per_member`); in eval mode their mean, ``(B, C, H, W)``.
+    """
+
+    def __init__(self, members):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        if not self.members:
+            raise ValueError("members must hold at least one decoder, got none.")
+
+    @property
+    def output_shape(self) -> tuple[int, int]:
+        return self.members[0].output_shape
+
+    @property
+    def output_channels(self) -> int:
+        return self.members[0].output_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outputs = torch.stack([member(x) for member in self.members])
+        return outputs if self.training else outputs.mean(dim=0)

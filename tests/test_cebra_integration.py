@@ -133,12 +133,13 @@ def test_functional_api_single_session(recording):
     assert three_d.shape == (40, *SHAPE)
 
 
-def test_functional_api_valid_loss_is_the_loss_on_validation_data(recording):
+@pytest.mark.parametrize("ensemble_size", [1, 2])
+def test_functional_api_valid_loss_is_the_loss_on_validation_data(recording, ensemble_size):
     _, frames = recording
     embedding = np.random.default_rng(1).normal(size=(160, 6)).astype(np.float32)
     _, valid_loss, predictions = halfunet_decoding(
-        embedding[:120], embedding[120:], frames[:120], frames[120:],
-        num_epochs=2, device="cpu", output_shape=SHAPE, latent_dim=16, loss_fn="mse", random_state=0,
+        embedding[:120], embedding[120:], frames[:120], frames[120:], num_epochs=2, device="cpu",
+        output_shape=SHAPE, latent_dim=16, loss_fn="mse", ensemble_size=ensemble_size, random_state=0,
     )
     expected = float(((predictions.numpy() - frames[120:]) ** 2).mean())
     assert valid_loss == pytest.approx(expected, rel=1e-4)

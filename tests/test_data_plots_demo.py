@@ -131,14 +131,22 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     from cebra_halfunet.demo import main
 
     scores = main(["--size", "8", "16", "--frames", "200", "--repeats", "2", "--neurons", "40", "--epochs", "2", "--cebra-iterations", "5",
-                   "--cebra-temperature", "0.5", "--latent-dim", "16", "--device", "cpu", "--out", str(tmp_path)])
+                   "--cebra-temperature", "0.5", "--latent-dim", "16", "--ensemble-size", "2", "--device", "cpu", "--out", str(tmp_path)])
     assert list(scores) == ["mean image", "ridge (cebra ridge_decoding)", "kNN (grid over k, metric)",
                             "MLP (cebra mlp_decoding)", "HalfUNetRegressor"]
     # tiny 8x16 views can repeat exactly, so a nearest neighbour may score PSNR = inf
     assert all(np.isfinite(values[0]) and np.isfinite(values[2]) and not np.isnan(values[1]) for values in scores.values())
     assert (tmp_path / "reconstruction_results.png").exists() and (tmp_path / "learning_curve.png").exists()
     out = capsys.readouterr().out
-    assert "SSIM" in out and "40 V1 neurons" in out and "CEBRA (temperature 0.5)" in out
+    assert "SSIM" in out and "40 V1 neurons" in out and "CEBRA (temperature 0.5)" in out and "(2 decoders, l1)" in out
+
+
+def test_demo_decodes_with_the_estimators_defaults():
+    from cebra_halfunet import HalfUNetRegressor
+    from cebra_halfunet.demo import parse_args
+
+    args, defaults = parse_args([]), HalfUNetRegressor()
+    assert (args.loss, args.ensemble_size, args.latent_dim) == (defaults.loss, defaults.ensemble_size, defaults.latent_dim)
 
 
 def test_chunked_nearest_neighbours_predict_as_scikit_learn():

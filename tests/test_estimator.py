@@ -186,7 +186,26 @@ def test_verbose_shows_progress(data, capsys):
 def test_large_body_through_the_estimator(data):
     z, images = data
     model = regressor(latent_dim=1024, max_epochs=1).fit(z, images)
-    assert type(model.module_.decoder.body).__name__ == "ComplexLargeUNetDecoderOnly"
+    assert {type(member.body).__name__ for member in model.module_.decoder.members} == {"ComplexLargeUNetDecoderOnly"}
+    assert model.predict(z).shape == images.shape
+
+
+def test_default_is_an_ensemble_of_three_that_predicts_their_mean(data):
+    z, images = data
+    model = regressor().fit(z, images)
+    members = model.module_.decoder.members
+    assert len(members) == 3
+    weights = [torch.cat([p.flatten() for p in member.parameters()]) for member in members]
+    assert not torch.equal(weights[0], weights[1]) and not torch.equal(weights[1], weights[2])
+    with torch.no_grad():
+        each = [model.module_.offset + model.module_.scale * member(torch.from_numpy(z)) for member in members]
+    np.testing.assert_allclose(model.predict(z), torch.stack(each).mean(dim=0).numpy(), atol=1e-6)
+
+
+def test_one_member_is_a_plain_decoder(data):
+    z, images = data
+    model = regressor(ensemble_size=1).fit(z, images)
+    assert type(model.module_.decoder).__name__ == "HalfUNetDecoder"
     assert model.predict(z).shape == images.shape
 
 

@@ -3,6 +3,8 @@ import torch
 
 from cebra_halfunet import ComplexLargeUNetDecoderOnly, HalfUNetDecoder, UNetDecoderOnly
 from cebra_halfunet.blocks import PixelShuffleUp, halving_sizes
+from cebra_halfunet.losses import make_loss, per_member
+from cebra_halfunet.networks import DecoderEnsemble
 
 SIZES = [(8, 16), (16, 32), (37, 61), (100, 150), (64, 128), (2, 3), (1, 7)]
 
@@ -174,3 +176,44 @@ def test_bad_constructor_arguments(kwargs, error, match):
 def test_bad_forward_input(x, error, match):
     with pytest.raises(error, match=match):
         HalfUNetDecoder(8, output_shape=(8, 16))(x)
+
+
+def test_ensemble_returns_every_member_in_training_and_their_mean_in_eval():
+    torch.manual_seed(0)
+    ensemble = DecoderEnsemble(HalfUNetDecoder(8, 3, (8, 16), 16) for _ in range(3))
+    z = embeddings()
+    outputs = ensemble(z)
+    assert outputs.shape == (3, 4, 3, 8, 16)
+    assert not torch.equal(outputs[0], outputs[1])  # each member has its own initialisation
+    with torch.no_grad():
+        mean = ensemble.eval()(z)
+    assert mean.shape == (4, 3, 8, 16)
+    torch.testing.assert_close(mean, outputs.detach().mean(dim=0))
+
+
+def test_an_ensemble_needs_members():
+    with pytest.raises(ValueError, match="members"):
+        DecoderEnsemble([])
+
+
+@pytest.mark.parametrize("name", ["mse", "l1", "ssim", "l1_ssim"])
+def test_per_member_loss_is_the_mean_of_the_members_losses(name):
+    loss = make_loss(name)
+    generator = torch.Generator().manual_seed(0)
+    members, target = torch.rand(3, 4, 1, 12, 12, generator=generator), torch.rand(4, 1, 12, 12, generator=generator)
+    expected = sum(loss(member, target) for member in members) / 3
+    torch.testing.assert_close(per_member(loss)(members, target), expected)
+    assert per_member(loss)(members, target) > loss(members.mean(dim=0), target)  # not the loss of the mean
+    torch.testing.assert_close(per_member(loss)(members[0], target), loss(members[0], target))
+
+
+def test_each_member_learns_from_its_own_loss_alone():
+    torch.manual_seed(0)
+    ensemble = DecoderEnsemble(HalfUNetDecoder(8, 1, (8, 16), 16) for _ in range(2))
+    z, target, loss = embeddings(), torch.rand(4, 1, 8, 16), make_loss("l1")
+    per_member(loss)(ensemble(z), target).backward()
+    in_ensemble = [p.grad.clone() for p in ensemble.members[0].parameters()]
+    ensemble.zero_grad()
+    loss(ensemble.members[0](z), target).backward()
+    for shared, alone in zip(in_ensemble, ensemble.members[0].parameters()):
+        torch.testing.assert_close(2 * shared, alone.grad)  # the mean over 2 members halves it

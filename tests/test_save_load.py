@@ -132,6 +132,17 @@ def test_files_from_another_torch_or_library_version_load(data, fitted, tmp_path
     np.testing.assert_array_equal(HalfUNetRegressor.load(path).predict(z), fitted.predict(z))
 
 
+def test_files_from_before_ensembles_load_as_one_decoder(data, tmp_path):
+    z, images = data
+    single = HalfUNetRegressor(**FAST, ensemble_size=1).fit(z, images)
+    path = tmp_path / "decoder"
+    single.save(path)
+    rewrite(path, edit_metadata=lambda header: header["params"].pop("ensemble_size"))
+    loaded = HalfUNetRegressor.load(path)
+    assert loaded.ensemble_size == 1
+    np.testing.assert_array_equal(loaded.predict(z), single.predict(z))
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         HalfUNetRegressor.load(tmp_path / "nothing")
