@@ -30,7 +30,7 @@ def child(path: str, n: int, seconds: float) -> None:
 
     frames = np.memmap(path, dtype=np.uint8, mode="r", shape=(n, *SHAPE))
     X = np.random.default_rng(0).normal(size=(n, 32)).astype(np.float32)
-    model = HalfUNetRegressor(max_epochs=1, device="cpu", random_state=0)
+    model = HalfUNetRegressor(ensemble_size=1, loss="mse", max_epochs=1, device="cpu", random_state=0)
     start = time.perf_counter()
     threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
     try:

@@ -1,7 +1,7 @@
 """Reconstruction quality on frames never seen in training: baselines vs HalfUNetRegressor.
 
     python benchmarks/quality.py --size 64 128
-    python benchmarks/quality.py --size 128 256 --frames 1000 --epochs 6 --decoders 512:l1_ssim 1024:l1_ssim
+    python benchmarks/quality.py --size 128 256 --frames 1000 --epochs 6 --decoders 512:l1 1024:l1_ssim:ensemble_size=1
     python benchmarks/quality.py --decoders 512:mse 512:mse:ema_decay=0 512:l1:embedding_noise=1,lr=3e-4
 
 Data: ``make_natural_movie_v1`` (scikit-image photographs panned and jumped across, a
@@ -68,7 +68,8 @@ def main():
         return decode
 
     decoders = dict(BASELINES)
-    for configuration in args.decoders or ["512:mse", "512:l1", "512:l1_ssim", "1024:l1_ssim"]:
+    single = ["512:l1:ensemble_size=1", "512:mse:ensemble_size=1", "512:l1_ssim:ensemble_size=1", "1024:l1:ensemble_size=1"]
+    for configuration in args.decoders or ["512:l1", *single]:
         latent_dim, loss, *changed = configuration.split(":")
         parameters = {"latent_dim": int(latent_dim), "loss": loss}
         for assignment in changed[0].split(",") if changed else []:

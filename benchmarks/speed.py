@@ -84,8 +84,8 @@ def training_and_prediction(latent_dim, size, n, matmul):
     Y = torch.from_numpy(rng.random((n, 1, *size), dtype=np.float32))
     torch.manual_seed(0)
     module = ImageOutput(HalfUNetDecoder(EMBEDDING, 1, size, latent_dim), np.full((1, *size), 0.5, np.float32), 0.25)
-    estimator = HalfUNetRegressor(latent_dim=latent_dim, max_epochs=1, early_stopping=False, batch_size=BATCH,
-                                  device="cpu", random_state=0)
+    estimator = HalfUNetRegressor(latent_dim=latent_dim, ensemble_size=1, loss="mse", max_epochs=1, early_stopping=False,
+                                  batch_size=BATCH, device="cpu", random_state=0)
     methods = {
         "ours": lambda: estimator.fit(X.numpy(), Y.numpy()),
         "plain": lambda: plain_epoch(copy.deepcopy(module), X, Y),
@@ -145,7 +145,7 @@ def peak_rss(stage: str, n: int, size) -> None:
     X = rng.normal(size=(n, EMBEDDING)).astype(np.float32)
     frames = n if stage == "fit" else 64
     y = np.frombuffer(rng.bytes(frames * size[0] * size[1]), dtype=np.uint8).reshape(frames, *size)
-    model = HalfUNetRegressor(max_epochs=1, early_stopping=False, device="cpu", random_state=0)
+    model = HalfUNetRegressor(ensemble_size=1, loss="mse", max_epochs=1, early_stopping=False, device="cpu", random_state=0)
     if stage == "predict":
         model.fit(X[:64], y)
     before = rss_mib()

@@ -155,8 +155,9 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
     Attributes
     ----------
     module_ : torch.nn.Module
-        The fitted network (on the CPU between calls): embeddings ``(B, D)`` to images
-        ``(B, C, H, W)`` in training units (for ``"bce"``, logits).
+        The fitted network (on the CPU between calls, in eval mode): embeddings ``(B, D)``
+        to images ``(B, C, H, W)`` in training units (for ``"bce"``, logits); for an
+        ensemble, the mean of its decoders (``module_.decoder.members``).
     target_format_ : TargetFormat
         Rank, image shape and dtype of ``y`` in ``fit``; ``predict`` returns this form.
     data_range_ : float
@@ -366,7 +367,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
             )
         except torch.cuda.OutOfMemoryError:
             state = None  # raised below, outside this block, which still holds the batch's tensors
-        self.module_ = model.to("cpu", memory_format=torch.contiguous_format)
+        self.module_ = model.to("cpu", memory_format=torch.contiguous_format).eval()
         if state is None:
             del optimizer
             raise _out_of_memory(
@@ -408,7 +409,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         decoder = decoders[0] if self.ensemble_size == 1 else DecoderEnsemble(decoders)
         if offset is None:
             offset = np.zeros((target_format.channels, *target_format.shape), dtype=np.float32)
-        return ImageOutput(decoder, offset, scale)
+        return ImageOutput(decoder, offset, scale).eval()
 
     def _initialise(self, target_format: TargetFormat, train_images: np.ndarray, low: float, high: float):
         """Build a fresh network for ``target_format``, normalised by the training targets."""

@@ -200,6 +200,8 @@ def test_default_is_an_ensemble_of_three_that_predicts_their_mean(data):
     with torch.no_grad():
         each = [model.module_.offset + model.module_.scale * member(torch.from_numpy(z)) for member in members]
     np.testing.assert_allclose(model.predict(z), torch.stack(each).mean(dim=0).numpy(), atol=1e-6)
+    with torch.no_grad():  # the fitted module is left in eval mode: it returns the mean too
+        np.testing.assert_allclose(model.module_(torch.from_numpy(z)).numpy(), model.predict(z), atol=1e-6)
 
 
 def test_one_member_is_a_plain_decoder(data):

@@ -132,6 +132,16 @@ def test_files_from_another_torch_or_library_version_load(data, fitted, tmp_path
     np.testing.assert_array_equal(HalfUNetRegressor.load(path).predict(z), fitted.predict(z))
 
 
+def test_a_loaded_ensemble_predicts_the_mean_from_its_module(data, tmp_path):
+    z, images = data
+    ensemble = HalfUNetRegressor(**FAST, early_stopping=False).fit(z, images)
+    ensemble.save(tmp_path / "decoder")
+    loaded = HalfUNetRegressor.load(tmp_path / "decoder")
+    assert len(loaded.module_.decoder.members) == 3
+    with torch.no_grad():
+        np.testing.assert_allclose(loaded.module_(torch.from_numpy(z)).numpy(), ensemble.predict(z), atol=1e-6)
+
+
 def test_files_from_before_ensembles_load_as_one_decoder(data, tmp_path):
     z, images = data
     single = HalfUNetRegressor(**FAST, ensemble_size=1).fit(z, images)
