@@ -394,7 +394,8 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         return self
 
     def _build_module(self, target_format: TargetFormat, offset: np.ndarray | None = None, scale: float = 1.0) -> ImageOutput:
-        """The network for ``target_format``: a HalfUNetDecoder behind the output scaling
+        """The network for ``target_format``, in eval mode: a HalfUNetDecoder (a
+        DecoderEnsemble of ``ensemble_size`` of them from 2 up) behind the output scaling
         (``offset`` ``(C, H, W)``, zeros when None: to be loaded from a state dict)."""
         decoders = [
             HalfUNetDecoder(
