@@ -163,9 +163,9 @@ class V1Recording:
         ``X`` ``(T_part * R, n_neurons)`` are the responses in time order, the ``R``
         repeats of each frame next to each other; ``y`` ``(T_part * R, C, H, W)`` the
         frames shown. Test frames are never in the training part (nor are the ``gap``
-        frames around them). In time order, the last part of the training samples (what
-        ``HalfUNetRegressor`` holds out for early stopping) is a stretch of frames that
-        the rest of the training part does not contain, in any repeat.
+        frames around them). A run of consecutive training samples (such as the stretches
+        ``HalfUNetRegressor`` holds out for early stopping) shows frames that the rest of
+        the training part does not, in any repeat, but for a frame cut at either end.
         """
         parts = []
         for mask in (self.is_train, self.is_test):

@@ -251,17 +251,21 @@ def value_range(images: np.ndarray, name: str) -> tuple[float, float]:
     return low, high
 
 
-def pixel_moments(images: np.ndarray, value_scale: float) -> tuple[np.ndarray, float]:
+def pixel_moments(
+    images: np.ndarray | DiskImages, value_scale: float, exclude: np.ndarray | None = None
+) -> tuple[np.ndarray, float]:
     """Mean image ``(C, H, W)`` and the standard deviation of all pixels around it, in
-    network units, from one chunked pass accumulating sums and squares in float64."""
+    network units, over the images not marked in the boolean mask ``exclude`` ``(N,)``;
+    one chunked pass accumulating sums and squares in float64."""
+    keep = np.ones(len(images), dtype=bool) if exclude is None else ~exclude
     total = np.zeros(images.shape[1:], dtype=np.float64)
     squares = np.zeros(images.shape[1:], dtype=np.float64)
-    for chunk in _chunks(images):
-        chunk = chunk.astype(np.float64) * value_scale
+    for start, chunk in zip(range(0, len(images), _CHUNK), _chunks(images)):
+        chunk = chunk[keep[start : start + len(chunk)]].astype(np.float64) * value_scale
         total += chunk.sum(axis=0)
         squares += np.square(chunk).sum(axis=0)
-    mean = total / len(images)
-    variance = max(float((squares / len(images) - mean**2).mean()), 0.0)
+    mean = total / keep.sum()
+    variance = max(float((squares / keep.sum() - mean**2).mean()), 0.0)
     return mean.astype(np.float32), float(np.sqrt(variance))
 
 

@@ -29,6 +29,27 @@ from torch import nn
 from tqdm.auto import tqdm
 
 
+#: Stretches the validation samples of a fit are spread over (see :func:`validation_mask`).
+VALIDATION_STRETCHES = 10
+
+
+def validation_mask(n_samples: int, n_valid: int, n_stretches: int = VALIDATION_STRETCHES) -> np.ndarray:
+    """Boolean mask ``(n_samples,)`` of ``n_valid`` samples held out for validation.
+
+    Samples are taken to be in time order (a recording). The held-out samples are
+    ``min(n_stretches, n_valid)`` runs of consecutive samples, one at the end of each of as
+    many equal parts of the recording. Each run is a stretch the training samples do not
+    contain, so that neighbouring, correlated frames do not leak into the validation loss;
+    spreading the runs keeps every part of the recording in training, where one stretch at
+    the end would withhold the last scenes of a movie from the decoder altogether.
+    """
+    n_runs = max(min(n_stretches, n_valid), 1)
+    parts = np.arange(n_runs + 1)
+    train_lengths, valid_lengths = np.diff(parts * (n_samples - n_valid) // n_runs), np.diff(parts * n_valid // n_runs)
+    pattern = np.stack([np.zeros(n_runs, dtype=bool), np.ones(n_runs, dtype=bool)], axis=1).ravel()
+    return np.repeat(pattern, np.stack([train_lengths, valid_lengths], axis=1).ravel())
+
+
 def resolve_device(device) -> torch.device:
     """``'auto'`` -> CUDA when available, else CPU; otherwise check that ``device`` exists."""
     if isinstance(device, str) and device == "auto":
@@ -209,6 +230,7 @@ def train(
     seed: int,
     X_valid: torch.Tensor | None = None,
     Y_valid: torch.Tensor | None = None,
+    valid_rows: torch.Tensor | None = None,
     patience: int | None = None,
     first_epoch: int = 1,
     state: TrainingState | None = None,
@@ -235,6 +257,10 @@ def train(
         batches, also when a run is resumed from a checkpoint.
     X_valid, Y_valid : Tensor, optional
         Validation data, evaluated after every epoch.
+    valid_rows : Tensor, optional
+        Instead of ``X_valid, Y_valid``: indices of the rows of ``X, Y`` held out for
+        validation (e.g. from :func:`validation_mask`); training uses the other rows. The
+        data are indexed in place, never copied.
     patience : int or None
         With validation data: stop after ``patience`` epochs without improvement and
         restore the weights of the best epoch. ``None`` trains all ``max_epochs`` and
@@ -267,6 +293,11 @@ def train(
     """
     model.to(device)
     X, Y, X_valid, Y_valid = _resident([X, Y, X_valid, Y_valid], device)
+    train_rows = None
+    if valid_rows is not None:
+        held_out = torch.zeros(len(X), dtype=torch.bool)
+        held_out[valid_rows] = True
+        train_rows, X_valid, Y_valid = torch.nonzero(~held_out).squeeze(1), X, Y
     state = state if state is not None else TrainingState()
     average = WeightAverage(model, ema_decay, state.average_weights, state.average_steps) if ema_decay else None
     trained = average.module if average else model  # the weights that are validated and kept
@@ -279,8 +310,8 @@ def train(
             started = time.perf_counter()
             try:
                 train_loss = _train_epoch(
-                    model, optimizer, loss_fn, X, Y, encode, batch_size, device, seed + epoch, interrupt, autocast,
-                    input_noise, average,
+                    model, optimizer, loss_fn, X, Y, train_rows, encode, batch_size, device, seed + epoch, interrupt,
+                    autocast, input_noise, average,
                 )
             except KeyboardInterrupt:
                 train_loss = None
@@ -289,7 +320,9 @@ def train(
                 break
             record = {"epoch": epoch, "train_loss": train_loss, "valid_loss": None}
             if X_valid is not None:
-                record["valid_loss"] = evaluate(trained, loss_fn, X_valid, Y_valid, encode, batch_size, device, autocast)
+                record["valid_loss"] = evaluate(
+                    trained, loss_fn, X_valid, Y_valid, encode, batch_size, device, autocast, rows=valid_rows
+                )
                 if record["valid_loss"] < state.best_loss:
                     state.best_loss, state.best_epoch = record["valid_loss"], epoch
                     state.best_weights = copy.deepcopy(trained.state_dict()) if patience is not None else None
@@ -305,13 +338,18 @@ def train(
     return state
 
 
-def _train_epoch(model, optimizer, loss_fn, X, Y, encode, batch_size, device, seed, interrupt, autocast, input_noise, average):
-    """Mean training loss of one pass over shuffled batches; None if interrupted."""
+def _train_epoch(
+    model, optimizer, loss_fn, X, Y, rows, encode, batch_size, device, seed, interrupt, autocast, input_noise, average
+):
+    """Mean training loss of one pass over shuffled batches of ``rows`` (None: all rows);
+    None if interrupted."""
     model.train()
     total = torch.zeros((), device=device)
     generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(X), generator=generator)
-    for index in _batches(len(X), batch_size, order):
+    n = len(X) if rows is None else len(rows)
+    order = torch.randperm(n, generator=generator)
+    order = order if rows is None else rows[order]
+    for index in _batches(n, batch_size, order):
         inputs = X[_on(index, X)]
         if input_noise is not None:
             inputs = inputs + (input_noise * torch.randn(inputs.shape, generator=generator)).to(inputs.device)
@@ -324,17 +362,28 @@ def _train_epoch(model, optimizer, loss_fn, X, Y, encode, batch_size, device, se
         total += loss.detach() * len(index)
         if interrupt.requested:
             return None
-    return total.item() / len(X)
+    return total.item() / n
 
 
 @torch.no_grad()
-def evaluate(model, loss_fn, X, Y, encode, batch_size: int, device: torch.device, autocast: torch.dtype | None = None) -> float:
-    """Mean of ``loss_fn`` over all samples, in batches, in eval mode."""
+def evaluate(
+    model,
+    loss_fn,
+    X,
+    Y,
+    encode,
+    batch_size: int,
+    device: torch.device,
+    autocast: torch.dtype | None = None,
+    rows: torch.Tensor | None = None,
+) -> float:
+    """Mean of ``loss_fn`` over the samples at ``rows`` (None: all), in batches, in eval mode."""
     model.eval()
     total = torch.zeros((), device=device)
-    for index in _batches(len(X), batch_size):
+    n = len(X) if rows is None else len(rows)
+    for index in _batches(n, batch_size, rows):
         total += _batch_loss(model, loss_fn, X[_on(index, X)], Y, index, encode, device, autocast) * len(index)
-    return total.item() / len(X)
+    return total.item() / n
 
 
 @torch.no_grad()

@@ -4,11 +4,14 @@ import joblib
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
 
 from cebra_halfunet import HalfUNetRegressor, correlation_scorer, psnr_scorer, ssim_scorer
 from cebra_halfunet.metrics import pooled_r2
+from cebra_halfunet.training import VALIDATION_STRETCHES, validation_mask
 
 from .conftest import make_images
 
@@ -55,8 +58,8 @@ def test_uint8_targets_are_0_255_images_and_predicted_as_uint8(data):
     prediction = model.predict(z)
     assert prediction.dtype == np.uint8 and prediction.shape == frames.shape
     assert model.data_range_ == 255
-    # Learned in [0, 1] units: the mean image is the starting offset, within a few grey levels.
-    np.testing.assert_allclose(model.module_.offset.numpy()[0, 0] * 255, frames[:54].mean(0), atol=1e-3)
+    # Learned in [0, 1] units: the training rows' mean image is the starting offset.
+    np.testing.assert_allclose(model.module_.offset.numpy()[0, 0] * 255, frames[~validation_mask(60, 6)].mean(0), atol=1e-3)
     # Same fit on float frames in [0, 1] gives the same images up to rounding.
     float_prediction = regressor(max_epochs=10).fit(z, frames / 255.0).predict(z)
     assert np.abs(prediction.astype(float) - float_prediction * 255).max() <= 1.0
@@ -111,17 +114,37 @@ def test_every_loss_learns(loss):
 # ------------------------------------------------------ training loop behaviour
 def test_early_stopping_restores_the_best_epoch():
     z, images = make_images(n=60)
+    held_out = validation_mask(60, 6)
     noise = np.random.default_rng(1).random(images.shape).astype(np.float32)
-    # Training part learnable, validation tail pure noise: validation loss rises with fitting.
-    y = np.concatenate([images[:54], noise[54:]])
+    # Training rows learnable, validation rows pure noise: validation loss rises with fitting.
+    y = np.where(held_out[:, None, None, None], noise, images)
     model = regressor(max_epochs=30, patience=3, lr=3e-3).fit(z, y)
     losses = [record["valid_loss"] for record in model.history_]
     best = int(np.argmin(losses))
     assert model.best_epoch_ == model.history_[best]["epoch"]
     assert model.n_epochs_ == model.best_epoch_ + 3 < 30
-    restored = model.score(z[54:], y[54:])
-    refit = regressor(max_epochs=model.best_epoch_, early_stopping=False, lr=3e-3).fit(z[:54], y[:54])
-    np.testing.assert_allclose(restored, refit.score(z[54:], y[54:]), rtol=1e-5)
+    # the same as training on the other rows alone (same batches, same normalisation) for the best epoch count
+    refit = regressor(max_epochs=model.best_epoch_, early_stopping=False, lr=3e-3).fit(z[~held_out], y[~held_out])
+    np.testing.assert_allclose(model.predict(z), refit.predict(z), rtol=1e-5, atol=1e-6)
+    assert model.score(z[held_out], y[held_out]) < 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(2, 400), data=st.data())
+def test_validation_is_stretches_spread_over_the_samples(n, data):
+    n_valid = data.draw(st.integers(1, n - 1))
+    mask = validation_mask(n, n_valid)
+    assert mask.shape == (n,) and mask.dtype == bool and mask.sum() == n_valid and mask[-1]
+    edges = np.flatnonzero(np.diff(np.r_[False, mask, False].astype(int)))
+    run_lengths = edges[1::2] - edges[::2]
+    n_runs, n_train = min(VALIDATION_STRETCHES, n_valid), n - n_valid
+    if n_train >= n_runs:  # one stretch per part, parts as equal as whole samples allow
+        assert len(run_lengths) == n_runs
+        assert run_lengths.max() - run_lengths.min() <= 1
+        gaps = np.diff(np.r_[0, edges[1::2]]) - run_lengths
+        assert gaps.min() >= 1 and gaps.max() - gaps.min() <= 1
+    else:  # too few training samples to separate every stretch
+        assert len(run_lengths) <= n_runs
 
 
 def test_history_and_counts(data):
