@@ -353,7 +353,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
                 self._training_loss(),
                 inputs,
                 targets,
-                valid_rows=torch.from_numpy(np.flatnonzero(held_out)) if n_valid else None,
+                held_out=torch.from_numpy(held_out) if n_valid else None,
                 encode=target_format.encode_batch,
                 max_epochs=epochs or self.max_epochs,
                 batch_size=self.batch_size,

@@ -264,8 +264,9 @@ def pixel_moments(
         chunk = chunk[keep[start : start + len(chunk)]].astype(np.float64) * value_scale
         total += chunk.sum(axis=0)
         squares += np.square(chunk).sum(axis=0)
-    mean = total / keep.sum()
-    variance = max(float((squares / keep.sum() - mean**2).mean()), 0.0)
+    count = keep.sum()
+    mean = total / count
+    variance = max(float((squares / count - mean**2).mean()), 0.0)
     return mean.astype(np.float32), float(np.sqrt(variance))
 
 

@@ -230,7 +230,7 @@ def train(
     seed: int,
     X_valid: torch.Tensor | None = None,
     Y_valid: torch.Tensor | None = None,
-    valid_rows: torch.Tensor | None = None,
+    held_out: torch.Tensor | None = None,
     patience: int | None = None,
     first_epoch: int = 1,
     state: TrainingState | None = None,
@@ -257,10 +257,10 @@ def train(
         batches, also when a run is resumed from a checkpoint.
     X_valid, Y_valid : Tensor, optional
         Validation data, evaluated after every epoch.
-    valid_rows : Tensor, optional
-        Instead of ``X_valid, Y_valid``: indices of the rows of ``X, Y`` held out for
-        validation (e.g. from :func:`validation_mask`); training uses the other rows. The
-        data are indexed in place, never copied.
+    held_out : Tensor, bool, ``(N,)``, optional
+        Instead of ``X_valid, Y_valid``: the rows of ``X, Y`` held out for validation
+        (e.g. from :func:`validation_mask`); training uses the other rows. The data are
+        indexed in place, never copied.
     patience : int or None
         With validation data: stop after ``patience`` epochs without improvement and
         restore the weights of the best epoch. ``None`` trains all ``max_epochs`` and
@@ -293,11 +293,10 @@ def train(
     """
     model.to(device)
     X, Y, X_valid, Y_valid = _resident([X, Y, X_valid, Y_valid], device)
-    train_rows = None
-    if valid_rows is not None:
-        held_out = torch.zeros(len(X), dtype=torch.bool)
-        held_out[valid_rows] = True
-        train_rows, X_valid, Y_valid = torch.nonzero(~held_out).squeeze(1), X, Y
+    train_rows, valid_rows = torch.arange(len(X)), None
+    if held_out is not None:
+        train_rows, valid_rows = torch.nonzero(~held_out).squeeze(1), torch.nonzero(held_out).squeeze(1)
+        X_valid, Y_valid = X, Y
     state = state if state is not None else TrainingState()
     average = WeightAverage(model, ema_decay, state.average_weights, state.average_steps) if ema_decay else None
     trained = average.module if average else model  # the weights that are validated and kept
@@ -341,15 +340,13 @@ def train(
 def _train_epoch(
     model, optimizer, loss_fn, X, Y, rows, encode, batch_size, device, seed, interrupt, autocast, input_noise, average
 ):
-    """Mean training loss of one pass over shuffled batches of ``rows`` (None: all rows);
+    """Mean training loss of one pass over shuffled batches of the samples at ``rows``;
     None if interrupted."""
     model.train()
     total = torch.zeros((), device=device)
     generator = torch.Generator().manual_seed(seed)
-    n = len(X) if rows is None else len(rows)
-    order = torch.randperm(n, generator=generator)
-    order = order if rows is None else rows[order]
-    for index in _batches(n, batch_size, order):
+    order = rows[torch.randperm(len(rows), generator=generator)]
+    for index in _batches(len(rows), batch_size, order):
         inputs = X[_on(index, X)]
         if input_noise is not None:
             inputs = inputs + (input_noise * torch.randn(inputs.shape, generator=generator)).to(inputs.device)
@@ -362,7 +359,7 @@ def _train_epoch(
         total += loss.detach() * len(index)
         if interrupt.requested:
             return None
-    return total.item() / n
+    return total.item() / len(rows)
 
 
 @torch.no_grad()
