@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from _results import markdown_table, peak_rss_mib, reset_peak_rss, rss_mib, write_section
 from cebra_halfunet import HalfUNetDecoder, HalfUNetRegressor
-from cebra_halfunet.targets import ImageOutput
+from cebra_halfunet.networks import ImageOutput
 
 BATCH = 32
 EMBEDDING = 32

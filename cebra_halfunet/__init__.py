@@ -1,12 +1,11 @@
 """cebra-halfunet: reconstruct images from CEBRA embeddings."""
 
+from ._version import __version__
 from .decoding import halfunet_decoding
 from .embedding import CEBRAEmbedding
 from .estimator import HalfUNetRegressor
 from .metrics import correlation_scorer, psnr_scorer, ssim_scorer
 from .networks import ComplexLargeUNetDecoderOnly, HalfUNetDecoder, UNetDecoderOnly
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CEBRAEmbedding",

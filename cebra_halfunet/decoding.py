@@ -12,7 +12,6 @@ import torch
 from .estimator import HalfUNetRegressor
 from .networks import HalfUNetDecoder
 from .targets import as_array
-from .training import evaluate, resolve_device
 
 __all__ = ["HalfUNetDecoder", "halfunet_decoding"]
 
@@ -108,12 +107,5 @@ def halfunet_decoding(
         verbose=verbose,
     ).fit(x_train, y_train)
     predictions = regressor.predict(x_valid)
-
-    target_format = regressor.target_format_
-    inputs = torch.from_numpy(np.asarray(x_valid, dtype=np.float32))
-    targets = target_format.to_tensor(target_format.to_images(y_valid))
-    valid_loss = evaluate(
-        regressor.module_, regressor._training_loss(), inputs, targets, target_format.encode_batch, batch_size, resolve_device(device)
-    )
-    regressor.module_.cpu()
+    valid_loss = regressor.evaluate_loss(x_valid, y_valid)
     return regressor.history_[-1]["train_loss"], valid_loss, torch.from_numpy(predictions)

@@ -1,11 +1,19 @@
-"""``HalfUNetRegressor``: the scikit-learn estimator that decodes embeddings into images."""
+"""``HalfUNetRegressor``: the scikit-learn face of the decoder.
+
+Parameters, validation and the steps of a fit (prepare the targets, start a new, resumed or
+continued run, train, finish); the loop is :class:`~cebra_halfunet.training.Trainer`'s,
+the file format :mod:`~cebra_halfunet.persistence`'s.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import math
 import os
 import warnings
+from dataclasses import dataclass
 from numbers import Integral, Real
 
 import numpy as np
@@ -16,57 +24,33 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._checks import check_output_shape
+from .callbacks import Checkpoint, EarlyStopping, ProgressBar, WeightAveraging
 from .losses import LOSS_NAMES, make_loss, per_member
 from .metrics import pooled_r2
-from .networks import DecoderEnsemble, HalfUNetDecoder
-from .persistence import read_file, write_file
-from .targets import ImageOutput, TargetFormat, as_array, pixel_moments, value_range
-from .training import TrainingState, predict_into, release_device_memory, resolve_device, train, validation_mask
-
-#: Fitted attributes stored as JSON in decoder files (besides the weights and target_format_).
-_FITTED_METADATA = ("data_range_", "seed_", "n_features_in_", "history_", "n_epochs_", "best_epoch_")
-#: Parameters that may differ between a checkpointed run and the fit that resumes it.
-_RUN_ONLY_PARAMS = {"verbose", "device", "checkpoint_path", "checkpoint_every"}
-
-
-def _to_cpu(state):
-    """Copy of a (nested) state dict with every tensor on the CPU."""
-    if isinstance(state, torch.Tensor):
-        return state.detach().cpu().clone()
-    if isinstance(state, dict):
-        return {key: _to_cpu(value) for key, value in state.items()}
-    if isinstance(state, (list, tuple)):
-        return type(state)(_to_cpu(value) for value in state)
-    return state
-
-
-def _json_params(params: dict) -> dict:
-    """Parameters as JSON values: tuples as lists, devices and paths as strings, a
-    RandomState instance as None (the drawn seed is kept in ``seed_``)."""
-    converted = {}
-    for name, value in params.items():
-        if isinstance(value, (torch.device, os.PathLike)):
-            value = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
-        elif isinstance(value, tuple):
-            value = list(value)
-        elif isinstance(value, np.random.RandomState):
-            value = None
-        converted[name] = value
-    return converted
+from .networks import DecoderEnsemble, HalfUNetDecoder, ImageOutput
+from .persistence import _to_cpu, load_estimator, resume_checkpoint, save_checkpoint, save_estimator
+from .targets import TargetFormat, TargetScan, as_array, scan_targets
+from .training import Trainer, TrainingState, catch_out_of_memory, resolve_device, validation_mask
 
 
 def _out_of_memory(stage: str, advice: str) -> torch.cuda.OutOfMemoryError:
-    """Release the GPU memory and build the error that says what to change."""
-    release_device_memory()
+    """The error that says what to change (the memory was released when it was caught)."""
     return torch.cuda.OutOfMemoryError(
         f"HalfUNetRegressor ran out of GPU memory during {stage}. {advice} "
         "The GPU memory it held has been released, so a search can go on with other settings."
     )
 
 
-def _with_prefix(tensors: dict, prefix: str) -> dict:
-    """The entries whose names start with ``prefix``, without it."""
-    return {name[len(prefix) :]: value for name, value in tensors.items() if name.startswith(prefix)}
+@dataclass
+class _FitData:
+    """What the first step of a fit prepared: checked inputs, targets and their facts."""
+
+    X: np.ndarray
+    target_format: TargetFormat
+    images: object  # (N, C, H, W) ndarray or DiskImages
+    scan: TargetScan
+    held_out: np.ndarray  # bool (N,)
+    fingerprint: dict
 
 
 class HalfUNetRegressor(RegressorMixin, BaseEstimator):
@@ -82,8 +66,12 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         ``None``: from ``y`` (1 for ``(N, H, W)``). With flat ``y`` and ``output_shape``,
         inferred as ``F / (H*W)``.
     latent_dim : int or None, default 512
-        Width of the decoder's latent vector; from 1024 up the large body (RRDB,
-        PixelShuffle, channel attention, edge head) is used. ``None``: the embedding width.
+        Width of the decoder's latent vector. ``None``: the embedding width.
+    body : {"auto", "light", "large"}, default "auto"
+        The decoder's body: ``"light"`` (resize-convolutions), ``"large"`` (RRDB,
+        PixelShuffle, channel attention, edge head), or ``"auto"``: the large one from
+        ``latent_dim`` 1024 up (the original guide's rule). Name it in a grid over
+        ``latent_dim`` so that the grid compares one architecture.
     ensemble_size : int, default 3
         Decoders trained side by side, each from its own initial weights and on its own
         loss, on the same batches; the prediction is their mean (a deep ensemble). What
@@ -155,6 +143,12 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
     channels_last : bool, default False
         Train and predict with the convolution weights in channels-last memory layout
         (the fitted ``module_`` is returned to the standard layout).
+    callbacks : list of Callback or None, default None
+        Your own :class:`~cebra_halfunet.callbacks.Callback` objects (e.g. an
+        :class:`~cebra_halfunet.callbacks.LRScheduler`), run after the built-in ones
+        (weight averaging, early stopping, checkpoints, progress bar). Each fit uses fresh
+        copies: the objects you pass are not changed, and the estimator stays clonable.
+        Not stored in decoder files.
 
     Attributes
     ----------
@@ -194,6 +188,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         "output_shape": [None, tuple, list],
         "output_channels": [None, Interval(Integral, 1, None, closed="left")],
         "latent_dim": [None, Interval(Integral, 1, None, closed="left")],
+        "body": [StrOptions({"auto", "light", "large"})],
         "ensemble_size": [Interval(Integral, 1, None, closed="left")],
         "loss": [StrOptions(set(LOSS_NAMES))],
         "lr": [Interval(Real, 0, None, closed="neither")],
@@ -214,6 +209,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         "checkpoint_every": [Interval(Integral, 1, None, closed="left")],
         "precision": [StrOptions({"float32", "bfloat16"})],
         "channels_last": ["boolean"],
+        "callbacks": [None, list],
     }
 
     def __init__(
@@ -221,6 +217,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         output_shape=None,
         output_channels=None,
         latent_dim=512,
+        body="auto",
         ensemble_size=3,
         loss="l1",
         lr=1e-3,
@@ -241,10 +238,12 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         checkpoint_every=1,
         precision="float32",
         channels_last=False,
+        callbacks=None,
     ):
         self.output_shape = output_shape
         self.output_channels = output_channels
         self.latent_dim = latent_dim
+        self.body = body
         self.ensemble_size = ensemble_size
         self.loss = loss
         self.lr = lr
@@ -265,6 +264,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         self.checkpoint_every = checkpoint_every
         self.precision = precision
         self.channels_last = channels_last
+        self.callbacks = callbacks
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -290,9 +290,19 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         return self._fit(X, y, incremental=hasattr(self, "module_"), epochs=1)
 
     def _fit(self, X, y, incremental: bool, epochs: int | None = None):
+        data = self._prepare(X, y, incremental, validate=epochs is None and self.early_stopping)
+        earlier_history = self.history_ if incremental else []
+        state = self._start(data, incremental)
+        first_epoch = self.n_epochs_ + 1 if incremental else 1
+        epochs = range(first_epoch, first_epoch + (epochs or self.max_epochs))
+        state, optimizer_state = self._train(data, state, epochs, earlier_history, incremental or state is not None)
+        return self._finish(data, state, optimizer_state, earlier_history)
+
+    def _prepare(self, X, y, incremental: bool, validate: bool) -> _FitData:
+        """Check the parameters and data; scan the targets once; choose the validation rows."""
         self._validate_params()
         output_shape = None if self.output_shape is None else check_output_shape(self.output_shape)
-        device = resolve_device(self.device)
+        resolve_device(self.device)
         if y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None.")
         X = validate_data(self, X, reset=not incremental, dtype=np.float32)
@@ -305,81 +315,89 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
                 f"y must have the form of the targets the decoder was fitted on ({self.target_format_}), "
                 f"got {target_format}."
             )
-        images = target_format.to_images(y)
-        low, high = value_range(images, "y")
-        if self.loss == "bce" and (low * target_format.value_scale < 0 or high * target_format.value_scale > 1):
-            raise ValueError(f"loss='bce' needs targets in [0, 1], got values in [{low}, {high}].")
-
-        use_validation = epochs is None and self.early_stopping
         # round() first: 0.1 * 60 is 6.000000000000001 in floating point, not 6.
-        n_valid = math.ceil(round(self.validation_fraction * len(X), 6)) if use_validation else 0
-        if use_validation and (n_valid < 1 or len(X) - n_valid < 1):
+        n_valid = math.ceil(round(self.validation_fraction * len(X), 6)) if validate else 0
+        held_out = validation_mask(len(X), n_valid)
+        images = target_format.to_images(y)
+        scan = scan_targets(images, held_out, "y")
+        low, high = scan.low * target_format.value_scale, scan.high * target_format.value_scale
+        if self.loss == "bce" and (low < 0 or high > 1):
+            raise ValueError(f"loss='bce' needs targets in [0, 1], got values in [{scan.low}, {scan.high}].")
+        if validate and (n_valid < 1 or len(X) - n_valid < 1):
             raise ValueError(
                 f"early_stopping needs at least one training and one validation sample "
                 f"(validation_fraction={self.validation_fraction}), got {len(X)} sample(s)."
             )
-        held_out = validation_mask(len(X), n_valid)
-
         fingerprint = {
             "n_samples": len(X),
             "inputs_sha256": hashlib.sha256(np.ascontiguousarray(X).tobytes()).hexdigest(),
             "target_format": target_format.to_json(),
         }
-        state, earlier_history = None, self.history_ if incremental else []
-        resume = not incremental and self.checkpoint_path is not None and os.path.exists(self.checkpoint_path)
-        if resume:
-            state = self._resume(fingerprint)
-        elif not incremental:
-            self._initialise(target_format, images, held_out, low, high)
+        return _FitData(X, target_format, images, scan, held_out, fingerprint)
+
+    def _start(self, data: _FitData, incremental: bool) -> TrainingState | None:
+        """Continue the fitted decoder, resume the checkpoint at ``checkpoint_path``, or
+        build a fresh one; the state of a resumed run."""
+        if incremental:
+            return None
+        if self.checkpoint_path is not None and os.path.exists(self.checkpoint_path):
+            return resume_checkpoint(self, data.fingerprint)
+        self._initialise(data)
+        return None
+
+    def _train(self, data: _FitData, state: TrainingState | None, epochs: range, earlier_history: list, continued: bool):
+        """Run the trainer over ``epochs`` (``continued``: with the fitted optimizer state);
+        the module is back on the CPU afterwards, also after an error. Returns the training
+        state and the optimizer's state."""
+        device = resolve_device(self.device)
         model = self.module_.to(device, memory_format=self._memory_format())
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        if incremental or resume:
+        if continued:
             optimizer.load_state_dict(self.optimizer_state_)
             for group in optimizer.param_groups:
                 group.update(lr=self.lr, weight_decay=self.weight_decay)
-
-        first_epoch = self.n_epochs_ + 1 if incremental else 1
+        X, held_out = data.X, data.held_out
+        noise = torch.from_numpy(self.embedding_noise * X[~held_out].std(axis=0)) if self.embedding_noise else None
+        trainer = self._trainer(device, noise)
 
         def write_checkpoint(state: TrainingState) -> None:
             history = earlier_history + state.history
-            if self.checkpoint_path is not None and (history[-1]["epoch"] - first_epoch + 1) % self.checkpoint_every == 0:
-                self._write(self.checkpoint_path, model, optimizer.state_dict(), history, state, fingerprint)
+            save_checkpoint(self.checkpoint_path, self, model, optimizer.state_dict(), history, state, data.fingerprint)
 
-        inputs, targets = torch.from_numpy(X), target_format.to_tensor(images)
+        callbacks = self._callbacks(held_out.any(), write_checkpoint)
+        inputs, targets = torch.from_numpy(X), data.target_format.to_tensor(data.images)
         try:
-            state = train(
-                model,
-                optimizer,
-                self._training_loss(),
-                inputs,
-                targets,
-                held_out=torch.from_numpy(held_out) if n_valid else None,
-                encode=target_format.encode_batch,
-                max_epochs=epochs or self.max_epochs,
-                batch_size=self.batch_size,
-                device=device,
-                seed=self.seed_,
-                patience=self.patience if use_validation else None,
-                first_epoch=first_epoch,
-                state=state,
-                on_epoch_end=write_checkpoint,
-                autocast=self._autocast(),
-                input_noise=torch.from_numpy(self.embedding_noise * X[~held_out].std(axis=0)) if self.embedding_noise else None,
-                ema_decay=self.ema_decay,
-                verbose=bool(self.verbose),
+            state, out_of_memory = catch_out_of_memory(
+                lambda: trainer.fit(
+                    model, optimizer, inputs, targets, epochs=epochs,
+                    held_out=torch.from_numpy(held_out) if held_out.any() else None, state=state, callbacks=callbacks,
+                )
             )
-        except torch.cuda.OutOfMemoryError:
-            state = None  # raised below, outside this block, which still holds the batch's tensors
-        self.module_ = model.to("cpu", memory_format=torch.contiguous_format).eval()
-        if state is None:
-            del optimizer
+        finally:
+            self.module_ = model.to("cpu", memory_format=torch.contiguous_format).eval()
+        if out_of_memory:
+            del optimizer  # its moments on the GPU would live as long as the error's traceback
+            target_format = data.target_format
             raise _out_of_memory(
                 "fit",
-                f"Lower batch_size (now {self.batch_size}), latent_dim (now {self.latent_dim}; from 1024 up the "
-                f"large body is used), the image size (now {target_format.channels}x{target_format.shape[0]}x"
+                f"Lower batch_size (now {self.batch_size}), latent_dim (now {self.latent_dim}; with body='auto' "
+                f"the large body is used from 1024 up), the image size (now {target_format.channels}x{target_format.shape[0]}x"
                 f"{target_format.shape[1]}), or set gradient_checkpointing=True.",
             )
-        self.optimizer_state_ = _to_cpu(optimizer.state_dict())
+        return state, _to_cpu(optimizer.state_dict())
+
+    def _callbacks(self, validate: bool, write_checkpoint) -> list:
+        """The built-in callbacks of a fit, then fresh copies of the user's."""
+        callbacks = [WeightAveraging(self.ema_decay)] if self.ema_decay else []
+        callbacks += [EarlyStopping(self.patience)] if validate else []
+        callbacks += [Checkpoint(write_checkpoint, self.checkpoint_every)] if self.checkpoint_path is not None else []
+        callbacks += [ProgressBar()] if self.verbose else []
+        return callbacks + copy.deepcopy(list(self.callbacks or []))
+
+    def _finish(self, data: _FitData, state: TrainingState, optimizer_state: dict, earlier_history: list):
+        """Keep the outcome as fitted attributes; warn and re-raise after Ctrl-C; write the
+        final checkpoint."""
+        self.optimizer_state_ = optimizer_state
         self.history_ = earlier_history + state.history
         self.n_epochs_ = self.history_[-1]["epoch"] if self.history_ else 0
         self.best_epoch_ = state.best_epoch
@@ -389,11 +407,11 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
                 f"{'the weights of epoch ' + str(state.best_epoch) if state.best_weights else 'its last weights'}. "
                 "partial_fit (or fit with warm_start=True) continues.",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
             raise KeyboardInterrupt
         if self.checkpoint_path is not None:
-            self._write(self.checkpoint_path, self.module_, self.optimizer_state_, self.history_, state, fingerprint)
+            save_checkpoint(self.checkpoint_path, self, self.module_, self.optimizer_state_, self.history_, state, data.fingerprint)
         return self
 
     def _build_module(self, target_format: TargetFormat, offset: np.ndarray | None = None, scale: float = 1.0) -> ImageOutput:
@@ -407,6 +425,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
                 target_format.shape,
                 self.latent_dim,
                 gradient_checkpointing=self.gradient_checkpointing,
+                body=self.body,
             )
             for _ in range(self.ensemble_size)
         ]
@@ -415,16 +434,18 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
             offset = np.zeros((target_format.channels, *target_format.shape), dtype=np.float32)
         return ImageOutput(decoder, offset, scale).eval()
 
-    def _initialise(self, target_format: TargetFormat, images: np.ndarray, held_out: np.ndarray, low: float, high: float):
-        """Build a fresh network for ``target_format``, normalised by the targets ``images``
-        outside the validation rows ``held_out`` (boolean mask)."""
+    def _initialise(self, data: _FitData) -> None:
+        """Build a fresh network for the targets, normalised by their moments outside the
+        validation rows."""
+        target_format, scan = data.target_format, data.scan
         self.target_format_ = target_format
         if target_format.dtype == np.uint8:
             self.data_range_ = 255.0
         else:  # images in [0, 1] keep the conventional range 1; constant targets get 1 too
+            low, high = scan.low, scan.high
             self.data_range_ = 1.0 if (0 <= low and high <= 1) or high == low else high - low
         self.seed_ = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        mean, std = pixel_moments(images, target_format.value_scale, exclude=held_out)
+        mean, std = scan.moments(target_format.value_scale)
         if self.loss == "bce":
             clipped = np.clip(mean, 1e-3, 1 - 1e-3)
             offset, scale = np.log(clipped / (1 - clipped)), 1.0
@@ -435,6 +456,19 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
             self.module_ = self._build_module(target_format, offset, scale)
         self.history_, self.n_epochs_, self.best_epoch_ = [], 0, None
 
+    def _trainer(self, device: torch.device, input_noise: torch.Tensor | None = None) -> Trainer:
+        """The trainer for this decoder's loss, targets and settings on ``device``."""
+        autocast = torch.bfloat16 if self.precision == "bfloat16" else None
+        encode = self.target_format_.encode_batch
+        return Trainer(self._training_loss(), encode, self.batch_size, device, autocast, self.seed_, input_noise)
+
+    def _memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def _training_loss(self):
+        """The loss being minimised, in network units (targets' span times the value scale)."""
+        return per_member(make_loss(self.loss, self.data_range_ * self.target_format_.value_scale))
+
     # ------------------------------------------------------ files and checkpoints
     def save(self, path: str | os.PathLike) -> None:
         """Write the fitted decoder to ``path`` in a format that cannot run code when loaded.
@@ -444,7 +478,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         open pickles/joblib files only from sources you trust. Written atomically.
         """
         check_is_fitted(self, "module_")
-        self._write(path, self.module_, self.optimizer_state_, self.history_)
+        save_estimator(path, self, self.module_, self.optimizer_state_, self.history_)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> HalfUNetRegressor:
@@ -454,93 +488,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         never unpickled), were altered (checksum), come from a newer format version, or
         whose weights do not fit the recorded parameters.
         """
-        metadata, tensors = read_file(path)
-        if metadata.get("estimator") != cls.__name__:
-            raise ValueError(f"path {os.fspath(path)!r} holds a {metadata.get('estimator')!r}, not a {cls.__name__}.")
-        try:  # files written before ensembles (no ensemble_size) hold one decoder
-            estimator = cls(**{"ensemble_size": 1, **metadata["params"]})
-        except (KeyError, TypeError) as error:
-            raise ValueError(f"path {os.fspath(path)!r} has parameters {cls.__name__} does not take: {error}.") from None
-        if isinstance(estimator.output_shape, list):
-            estimator.output_shape = tuple(estimator.output_shape)
-        estimator._validate_params()
-        estimator._restore(path, metadata, tensors)
-        return estimator
-
-    def _write(self, path, module, optimizer_state, history, state: TrainingState | None = None, fingerprint=None):
-        """Save the decoder (and, for a checkpoint, the training state) to ``path``."""
-        tensors = {f"module.{name}": value for name, value in module.state_dict().items()}
-        for index, moments in optimizer_state["state"].items():
-            tensors.update({f"optimizer.{index}.{name}": value for name, value in moments.items()})
-        fitted = {name: getattr(self, name) for name in _FITTED_METADATA}
-        fitted.update(history_=history, n_epochs_=history[-1]["epoch"] if history else 0, target_format_=self.target_format_.to_json())
-        metadata = {
-            "estimator": type(self).__name__,
-            "params": _json_params(self.get_params(deep=False)),
-            "fitted": fitted,
-            "optimizer_param_groups": optimizer_state["param_groups"],
-        }
-        if state is not None:
-            fitted["best_epoch_"] = state.best_epoch
-            metadata["training"] = {
-                "best_loss": state.best_loss, "average_steps": state.average_steps, "fingerprint": fingerprint
-            }
-            tensors.update({f"best.{name}": value for name, value in (state.best_weights or {}).items()})
-            tensors.update({f"average.{name}": value for name, value in (state.average_weights or {}).items()})
-        write_file(path, tensors, metadata)
-
-    def _restore(self, path, metadata: dict, tensors: dict) -> None:
-        """Set the fitted attributes from a decoder file's contents."""
-        try:
-            fitted = metadata["fitted"]
-            self.target_format_ = TargetFormat.from_json(fitted["target_format_"])
-            for name in _FITTED_METADATA:
-                setattr(self, name, fitted[name])
-            self.module_ = self._build_module(self.target_format_)
-            self.module_.load_state_dict(_with_prefix(tensors, "module."))
-            moments: dict[int, dict] = {}
-            for name, value in _with_prefix(tensors, "optimizer.").items():
-                index, key = name.split(".", 1)
-                moments.setdefault(int(index), {})[key] = value
-            self.optimizer_state_ = {"state": moments, "param_groups": metadata["optimizer_param_groups"]}
-            torch.optim.AdamW(self.module_.parameters()).load_state_dict(self.optimizer_state_)
-        except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise ValueError(
-                f"path {os.fspath(path)!r} does not describe a decoder this version can rebuild: {error}"
-            ) from None
-
-    def _resume(self, fingerprint: dict) -> TrainingState:
-        """Restore the checkpoint at ``checkpoint_path`` and the training state in it."""
-        path = self.checkpoint_path
-        metadata, tensors = read_file(path)
-        ours = {k: v for k, v in _json_params(self.get_params(deep=False)).items() if k not in _RUN_ONLY_PARAMS}
-        theirs = {k: v for k, v in metadata.get("params", {}).items() if k not in _RUN_ONLY_PARAMS}
-        training = metadata.get("training")
-        if ours != theirs or training is None or training.get("fingerprint") != fingerprint:
-            what = "parameters" if ours != theirs else "data (X or the form of y)" if training else "kind of file (not a checkpoint)"
-            raise ValueError(
-                f"checkpoint_path={os.fspath(path)!r} holds a different fit: its {what} differ from this one. "
-                "Delete the file or pass another checkpoint_path."
-            )
-        self._restore(path, metadata, tensors)
-        return TrainingState(
-            history=list(self.history_),
-            best_loss=training["best_loss"],
-            best_epoch=self.best_epoch_,
-            best_weights=_with_prefix(tensors, "best.") or None,
-            average_weights=_with_prefix(tensors, "average.") or None,
-            average_steps=training["average_steps"],
-        )
-
-    def _autocast(self) -> torch.dtype | None:
-        return torch.bfloat16 if self.precision == "bfloat16" else None
-
-    def _memory_format(self) -> torch.memory_format:
-        return torch.channels_last if self.channels_last else torch.contiguous_format
-
-    def _training_loss(self):
-        """The loss being minimised, in network units (targets' span times the value scale)."""
-        return per_member(make_loss(self.loss, self.data_range_ * self.target_format_.value_scale))
+        return load_estimator(cls, path)
 
     # --------------------------------------------------------------- prediction
     def predict(self, X):
@@ -555,30 +503,39 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         target_format = self.target_format_
         out = np.empty((len(X), target_format.channels, *target_format.shape), dtype=target_format.output_dtype)
         activation = torch.sigmoid if self.loss == "bce" else (lambda t: t)
-        try:
-            predict_into(
-                self.module_.to(memory_format=self._memory_format()),
-                torch.from_numpy(X),
-                out,
-                lambda batch: target_format.decode_batch(activation(batch)),
-                self.batch_size,
-                self._inference_device(),
-                self._autocast(),
-            )
-            out_of_memory = False
-        except torch.cuda.OutOfMemoryError:
-            out_of_memory = True  # raised below, outside this block, which still holds the batch's tensors
-        self.module_.to("cpu", memory_format=torch.contiguous_format)
+        with self._on_device() as (module, trainer):
+            decode = lambda batch: target_format.decode_batch(activation(batch))  # noqa: E731
+            _, out_of_memory = catch_out_of_memory(lambda: trainer.predict_into(module, torch.from_numpy(X), out, decode))
         if out_of_memory:
             raise _out_of_memory("predict", "It failed even one sample at a time: predict with device='cpu'.")
         return target_format.from_images(out)
+
+    def evaluate_loss(self, X, y) -> float:
+        """Mean training loss of the fitted decoder over ``(X, y)``, in network units
+        (the way ``history_``'s ``valid_loss`` is measured: eval mode, no noise)."""
+        check_is_fitted(self, "module_")
+        X = validate_data(self, X, reset=False, dtype=np.float32)
+        y = as_array(y, "y")
+        targets = self.target_format_.to_tensor(self.target_format_.to_images(y))
+        with self._on_device() as (module, trainer):
+            return trainer.evaluate(module, torch.from_numpy(X), targets)
+
+    @contextlib.contextmanager
+    def _on_device(self):
+        """``(module_, trainer)`` on the inference device; the module goes back to the CPU
+        (standard layout) when the block ends, whatever happened in it."""
+        device = self._inference_device()
+        try:
+            yield self.module_.to(device, memory_format=self._memory_format()), self._trainer(device)
+        finally:
+            self.module_.to("cpu", memory_format=torch.contiguous_format)
 
     def _inference_device(self) -> torch.device:
         """The configured device, or the CPU (with a warning) when it is not on this machine."""
         try:
             return resolve_device(self.device)
         except ValueError as error:
-            warnings.warn(f"{error} Predicting on the CPU instead.", RuntimeWarning, stacklevel=3)
+            warnings.warn(f"{error} Predicting on the CPU instead.", RuntimeWarning, stacklevel=4)
             return torch.device("cpu")
 
     def score(self, X, y, sample_weight=None) -> float:

@@ -7,6 +7,7 @@ output rank depend on a hyper-parameter and breaks code written for RGB.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -28,8 +29,12 @@ from .blocks import (
     scale_init_,
 )
 
-#: ``latent_dim`` from which :class:`HalfUNetDecoder` uses the large body.
+#: ``latent_dim`` from which :class:`HalfUNetDecoder` with ``body="auto"`` uses the large body.
 LARGE_LATENT_DIM = 1024
+
+#: Values of ``body``: "light" is :class:`UNetDecoderOnly`, "large" :class:`ComplexLargeUNetDecoderOnly`,
+#: "auto" the large one from ``LARGE_LATENT_DIM`` up (the original guide's rule).
+BODIES = ("auto", "light", "large")
 
 #: Output activations by name. Use ``"identity"`` (raw logits) when training with BCE.
 OUTPUT_ACTIVATIONS = {"identity": nn.Identity, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
@@ -209,11 +214,12 @@ class ComplexLargeUNetDecoderOnly(_LevelDecoder):
 
 
 class HalfUNetDecoder(nn.Module):
-    """Decode CEBRA embeddings into images, choosing the body by ``latent_dim``.
+    """Decode CEBRA embeddings into images with a light or a large body.
 
     The embedding is first mapped to a latent vector (linear layer + activation); the body
-    decodes that vector: :class:`UNetDecoderOnly` when ``latent_dim < 1024``,
-    :class:`ComplexLargeUNetDecoderOnly` from 1024 up.
+    decodes that vector: :class:`UNetDecoderOnly` (``body="light"``) or
+    :class:`ComplexLargeUNetDecoderOnly` (``body="large"``); ``body="auto"`` takes the
+    light one when ``latent_dim < 1024`` and the large one from 1024 up.
 
     Parameters
     ----------
@@ -229,6 +235,8 @@ class HalfUNetDecoder(nn.Module):
         Applied to the output; keep ``"identity"`` (logits) when training with BCE on logits.
     gradient_checkpointing : bool, default False
         Trade compute for memory; outputs and gradients are unchanged.
+    body : {"auto", "light", "large"}, default "auto"
+        The body (see above); ``is_large`` says which one was built.
 
     Returns
     -------
@@ -245,11 +253,14 @@ class HalfUNetDecoder(nn.Module):
         *,
         output_activation: str = "identity",
         gradient_checkpointing: bool = False,
+        body: str = "auto",
     ):
         super().__init__()
         self.input_dim = check_positive_int(input_dim, "input_dim")
         self.latent_dim = self.input_dim if latent_dim is None else check_positive_int(latent_dim, "latent_dim")
-        body = ComplexLargeUNetDecoderOnly if self.latent_dim >= LARGE_LATENT_DIM else UNetDecoderOnly
+        check_choice(body, BODIES, "body")
+        self.is_large = body == "large" or (body == "auto" and self.latent_dim >= LARGE_LATENT_DIM)
+        body = ComplexLargeUNetDecoderOnly if self.is_large else UNetDecoderOnly
         self.to_latent = nn.Sequential(linear(self.input_dim, self.latent_dim), activation())
         self.body = body(
             self.latent_dim,
@@ -309,3 +320,20 @@ class DecoderEnsemble(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outputs = torch.stack([member(x) for member in self.members])
         return outputs if self.training else outputs.mean(dim=0)
+
+
+class ImageOutput(nn.Module):
+    """Maps the decoder's output to target units: ``offset + scale * decoder(x)``.
+
+    ``offset`` is the training mean image (or its logit for BCE) and ``scale`` the pixel
+    standard deviation, so the decoder starts at the mean image and learns deviations.
+    """
+
+    def __init__(self, decoder: nn.Module, offset: np.ndarray, scale: float):
+        super().__init__()
+        self.decoder = decoder
+        self.register_buffer("offset", torch.as_tensor(offset, dtype=torch.float32)[None])
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.offset + self.scale * self.decoder(x)

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
-#: Rows checked at a time when scanning large targets for NaN/inf (bounds temporary memory).
+#: Rows read at a time when scanning the targets (bounds temporary memory).
 _CHUNK = 1024
 
 
@@ -237,51 +236,70 @@ def _chunks(images: np.ndarray | DiskImages):
         yield images.read(start, start + _CHUNK) if isinstance(images, DiskImages) else images[start : start + _CHUNK]
 
 
-def value_range(images: np.ndarray, name: str) -> tuple[float, float]:
-    """(min, max) of an array in one chunked scan; raises if it holds NaN or infinity.
+@dataclass
+class TargetScan:
+    """Facts about the targets gathered in one chunked pass (:func:`scan_targets`).
+
+    Every per-frame fact is gathered in :meth:`add`, chunk by chunk: add a field and a
+    line there to learn something more about the targets in the same read.
+
+    Attributes
+    ----------
+    low, high : float
+        Smallest and largest value, in stored units (NaN or infinity if present).
+    total, squares : ndarray ``(C, H, W)``, float64
+        Sum and sum of squares of each pixel over all frames, in stored units.
+    held_out_total, held_out_squares : ndarray ``(C, H, W)``, float64
+        The same over the held-out (validation) frames alone.
+    n_frames, n_held_out : int
+    """
+
+    low: float
+    high: float
+    total: np.ndarray
+    squares: np.ndarray
+    held_out_total: np.ndarray
+    held_out_squares: np.ndarray
+    n_frames: int = 0
+    n_held_out: int = 0
+
+    @classmethod
+    def empty(cls, frame_shape: tuple[int, ...]) -> TargetScan:
+        zeros = lambda: np.zeros(frame_shape, dtype=np.float64)  # noqa: E731
+        return cls(np.inf, -np.inf, zeros(), zeros(), zeros(), zeros())
+
+    def add(self, chunk: np.ndarray, held_out: np.ndarray) -> None:
+        """Take in a chunk of frames ``(n, C, H, W)`` and its held-out mask ``(n,)``."""
+        self.low, self.high = min(self.low, float(chunk.min())), max(self.high, float(chunk.max()))
+        values = chunk.astype(np.float64)
+        self.total += values.sum(axis=0)
+        self.squares += np.square(values).sum(axis=0)
+        self.held_out_total += values[held_out].sum(axis=0)
+        self.held_out_squares += np.square(values[held_out]).sum(axis=0)
+        self.n_frames += len(chunk)
+        self.n_held_out += int(held_out.sum())
+
+    def moments(self, value_scale: float = 1.0) -> tuple[np.ndarray, float]:
+        """Mean image ``(C, H, W)`` (float32) and the standard deviation of all pixels
+        around it, over the frames not held out, in units of ``value_scale`` times the
+        stored values (the validation frames' share subtracted from the totals)."""
+        count = self.n_frames - self.n_held_out
+        mean = (self.total - self.held_out_total) * value_scale / count
+        mean_square = (self.squares - self.held_out_squares) * value_scale**2 / count
+        variance = max(float((mean_square - mean**2).mean()), 0.0)
+        return mean.astype(np.float32), float(np.sqrt(variance))
+
+
+def scan_targets(images: np.ndarray | DiskImages, held_out: np.ndarray, name: str = "y") -> TargetScan:
+    """One chunked pass over the targets ``(N, C, H, W)`` (in memory or on disk); raises
+    if they hold NaN or infinity. ``held_out``: boolean mask ``(N,)`` of validation frames.
 
     A NaN or an infinity anywhere makes the minimum or the maximum non-finite, so the
-    range and the finiteness check come from the same pass over the data.
+    range and the finiteness check come from the same pass as the moments.
     """
-    low, high = np.inf, -np.inf
-    for chunk in _chunks(images):
-        low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
-    if not (np.isfinite(low) and np.isfinite(high)):
-        raise ValueError(f"{name} contains NaN or infinity.")
-    return low, high
-
-
-def pixel_moments(
-    images: np.ndarray | DiskImages, value_scale: float, exclude: np.ndarray | None = None
-) -> tuple[np.ndarray, float]:
-    """Mean image ``(C, H, W)`` and the standard deviation of all pixels around it, in
-    network units, over the images not marked in the boolean mask ``exclude`` ``(N,)``;
-    one chunked pass accumulating sums and squares in float64."""
-    keep = np.ones(len(images), dtype=bool) if exclude is None else ~exclude
-    total = np.zeros(images.shape[1:], dtype=np.float64)
-    squares = np.zeros(images.shape[1:], dtype=np.float64)
+    scan = TargetScan.empty(images.shape[1:])
     for start, chunk in zip(range(0, len(images), _CHUNK), _chunks(images)):
-        chunk = chunk[keep[start : start + len(chunk)]].astype(np.float64) * value_scale
-        total += chunk.sum(axis=0)
-        squares += np.square(chunk).sum(axis=0)
-    count = keep.sum()
-    mean = total / count
-    variance = max(float((squares / count - mean**2).mean()), 0.0)
-    return mean.astype(np.float32), float(np.sqrt(variance))
-
-
-class ImageOutput(nn.Module):
-    """Maps the decoder's output to target units: ``offset + scale * decoder(x)``.
-
-    ``offset`` is the training mean image (or its logit for BCE) and ``scale`` the pixel
-    standard deviation, so the decoder starts at the mean image and learns deviations.
-    """
-
-    def __init__(self, decoder: nn.Module, offset: np.ndarray, scale: float):
-        super().__init__()
-        self.decoder = decoder
-        self.register_buffer("offset", torch.as_tensor(offset, dtype=torch.float32)[None])
-        self.register_buffer("scale", torch.tensor(float(scale)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.offset + self.scale * self.decoder(x)
+        scan.add(chunk, held_out[start : start + len(chunk)])
+    if not (np.isfinite(scan.low) and np.isfinite(scan.high)):
+        raise ValueError(f"{name} contains NaN or infinity.")
+    return scan

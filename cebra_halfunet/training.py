@@ -1,5 +1,7 @@
-"""The one training loop and the batched prediction, shared by the estimator and the
-functional API.
+"""The trainer: the one training loop, evaluation and batched prediction, configured once
+(device, precision, batch size, target encoding). What happens around the loop (weight
+averaging, early stopping, checkpoints, the progress bar, a learning-rate schedule) are
+callbacks (:mod:`cebra_halfunet.callbacks`).
 
 Data are in-memory tensors indexed by a shuffled permutation (no ``DataLoader``: for
 tensors already in memory it only adds per-batch overhead); targets on disk
@@ -21,12 +23,11 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 
 #: Stretches the validation samples of a fit are spread over (see :func:`validation_mask`).
@@ -75,6 +76,23 @@ def release_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
+T = TypeVar("T")
+
+
+def catch_out_of_memory(work: Callable[[], T]) -> tuple[T | None, bool]:
+    """``(work(), False)``, or ``(None, True)`` when it ran out of GPU memory.
+
+    The memory is released after the ``except`` block has ended: inside it, the traceback
+    still holds the failed batch's tensors. The one place that catches the error.
+    """
+    try:
+        return work(), False
+    except torch.cuda.OutOfMemoryError:
+        pass
+    release_device_memory()
+    return None, True
+
+
 def _batches(n: int, batch_size: int, order: torch.Tensor | None = None):
     """Index tensors of the batches, in order or as chunks of ``order`` (a permutation);
     each sorted, so that targets on disk are read front to back."""
@@ -97,30 +115,25 @@ def _forward(model: nn.Module, batch: torch.Tensor, device: torch.device, autoca
         return model(_to_device(batch, device)).float()
 
 
-def _batch_loss(model, loss_fn, inputs, Y, index, encode, device, autocast) -> torch.Tensor:
-    """``loss_fn`` of the model's output for ``inputs`` against the targets ``Y[index]``."""
-    return loss_fn(_forward(model, inputs, device, autocast), encode(_to_device(Y[_on(index, Y)], device)))
-
 
 def _on(index: torch.Tensor, data) -> torch.Tensor:
     """``index`` on the device of ``data`` when ``data`` is a tensor (on a GPU when resident)."""
     return index.to(data.device) if isinstance(data, torch.Tensor) else index
 
 
-def _resident(tensors: list[torch.Tensor | None], device: torch.device) -> list[torch.Tensor | None]:
+def _resident(tensors: list, device: torch.device) -> list:
     """On a GPU, move the data there once when it takes less than a quarter of the free
     memory (no copies per batch); otherwise, and on the CPU, leave it where it is."""
-    if device.type != "cuda" or not all(t is None or isinstance(t, torch.Tensor) for t in tensors):
+    if device.type != "cuda" or not all(isinstance(t, torch.Tensor) for t in tensors):
         return tensors
-    size = sum(t.nbytes for t in tensors if t is not None)
-    if size >= torch.cuda.mem_get_info(device)[0] / 4:
+    if sum(t.nbytes for t in tensors) >= torch.cuda.mem_get_info(device)[0] / 4:
         return tensors
-    return [None if t is None else t.to(device) for t in tensors]
+    return [t.to(device) for t in tensors]
 
 
 @dataclass
 class TrainingState:
-    """Where a run of :func:`train` stands; enough to continue it exactly (checkpoints).
+    """Where a run of :meth:`Trainer.fit` stands; enough to continue it exactly (checkpoints).
 
     Attributes
     ----------
@@ -148,12 +161,6 @@ class TrainingState:
     average_weights: dict | None = None
     average_steps: int = 0
     interrupted: bool = False
-
-    def patience_exhausted(self, patience: int | None) -> bool:
-        """``patience`` epochs have passed since the best one."""
-        if patience is None or self.best_epoch is None:
-            return False
-        return self.history[-1]["epoch"] - self.best_epoch >= patience
 
 
 class WeightAverage:
@@ -216,204 +223,193 @@ class _InterruptFlag:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def train(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    X: torch.Tensor,
-    Y: torch.Tensor,
-    *,
-    encode: Callable[[torch.Tensor], torch.Tensor],
-    max_epochs: int,
-    batch_size: int,
-    device: torch.device,
-    seed: int,
-    X_valid: torch.Tensor | None = None,
-    Y_valid: torch.Tensor | None = None,
-    held_out: torch.Tensor | None = None,
-    patience: int | None = None,
-    first_epoch: int = 1,
-    state: TrainingState | None = None,
-    on_epoch_end: Callable[[TrainingState], None] | None = None,
-    autocast: torch.dtype | None = None,
-    input_noise: torch.Tensor | None = None,
-    ema_decay: float = 0.0,
-    verbose: bool = False,
-) -> TrainingState:
-    """Train ``model`` in place with mini-batches drawn from seeded permutations.
+
+
+@dataclass
+class Run:
+    """What callbacks see of a run of :meth:`Trainer.fit`.
+
+    Attributes
+    ----------
+    trainer : Trainer
+    model : nn.Module
+        The network being trained (on the trainer's device).
+    optimizer : torch.optim.Optimizer
+    state : TrainingState
+    epochs : range
+        The epochs of this call (continued training counts on from earlier calls); a
+        resumed run skips those already in ``state.history``.
+    steps_per_epoch : int
+        Optimizer steps (batches) per epoch.
+    evaluated : nn.Module
+        The weights that are validated and kept: ``model``, or a weight average that a
+        callback put here.
+    stop : bool
+        Set by a callback to end the run before the next epoch.
+    """
+
+    trainer: Trainer
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    state: TrainingState
+    epochs: range
+    steps_per_epoch: int
+    evaluated: nn.Module
+    stop: bool = False
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole call (resumed or not)."""
+        return len(self.epochs) * self.steps_per_epoch
+
+
+class Trainer:
+    """The training loop, evaluation and batched prediction, configured once.
 
     Parameters
     ----------
-    model, optimizer, loss_fn
-        ``loss_fn(model(x), encode(y))`` is minimised.
-    X, Y : Tensor
-        Inputs ``(N, D)`` float32 and targets ``(N, C, H, W)`` in their stored dtype.
+    loss_fn : callable
+        ``loss_fn(model(x), encode(y))`` is minimised (and reported by :meth:`evaluate`).
     encode : callable
         Maps a stored target batch (already on ``device``) to float network units.
-    max_epochs, batch_size : int
+    batch_size : int
     device : torch.device
-    seed : int
-        Epoch ``e`` is shuffled by a generator seeded with ``seed + e``: same seed, same
-        batches, also when a run is resumed from a checkpoint.
-    X_valid, Y_valid : Tensor, optional
-        Validation data, evaluated after every epoch.
-    held_out : Tensor, bool, ``(N,)``, optional
-        Instead of ``X_valid, Y_valid``: the rows of ``X, Y`` held out for validation
-        (e.g. from :func:`validation_mask`); training uses the other rows. The data are
-        indexed in place, never copied.
-    patience : int or None
-        With validation data: stop after ``patience`` epochs without improvement and
-        restore the weights of the best epoch. ``None`` trains all ``max_epochs`` and
-        keeps the last weights.
-    first_epoch : int
-        Number of the first epoch (continued training counts on).
-    state : TrainingState, optional
-        State of an earlier, unfinished run of the same call (from a checkpoint): the
-        run continues after its last epoch, up to ``first_epoch + max_epochs - 1``.
-    on_epoch_end : callable, optional
-        Called with the state after every completed epoch (e.g. to write a checkpoint).
     autocast : torch.dtype, optional
         Run the forward passes under ``torch.autocast`` to this dtype (e.g. bfloat16);
         the loss is computed in float32.
+    seed : int
+        Epoch ``e`` is shuffled by a generator seeded with ``seed + e``: same seed, same
+        batches, also when a run is resumed from a checkpoint.
     input_noise : Tensor ``(D,)``, optional
         Standard deviation, per input feature, of Gaussian noise added to the training
-        inputs (drawn from the epoch's seeded generator; validation inputs are clean).
-    ema_decay : float in [0, 1)
-        With a positive value, a :class:`WeightAverage` of the weights with this decay is
-        what is validated, kept as the best weights and returned in ``model``.
-    verbose : bool
-        Show a progress bar with the losses.
-
-    Returns
-    -------
-    TrainingState
-        ``interrupted`` is True when Ctrl-C stopped the run: the loop stops after the
-        batch in progress, drops that unfinished epoch from the history and still restores
-        the best weights; the caller decides whether to re-raise.
+        inputs (drawn from the epoch's seeded generator; evaluation inputs are clean).
     """
-    model.to(device)
-    X, Y, X_valid, Y_valid = _resident([X, Y, X_valid, Y_valid], device)
-    train_rows, valid_rows = torch.arange(len(X)), None
-    if held_out is not None:
-        train_rows, valid_rows = torch.nonzero(~held_out).squeeze(1), torch.nonzero(held_out).squeeze(1)
-        X_valid, Y_valid = X, Y
-    state = state if state is not None else TrainingState()
-    average = WeightAverage(model, ema_decay, state.average_weights, state.average_steps) if ema_decay else None
-    trained = average.module if average else model  # the weights that are validated and kept
-    start = state.history[-1]["epoch"] + 1 if state.history else first_epoch
-    epochs = range(start, first_epoch + max_epochs)
-    with _InterruptFlag() as interrupt, tqdm(epochs, desc="HalfUNet", unit="epoch", disable=not verbose) as bar:
-        for epoch in bar:
-            if state.patience_exhausted(patience):
-                break
-            started = time.perf_counter()
-            try:
-                train_loss = _train_epoch(
-                    model, optimizer, loss_fn, X, Y, train_rows, encode, batch_size, device, seed + epoch, interrupt,
-                    autocast, input_noise, average,
-                )
-            except KeyboardInterrupt:
-                train_loss = None
-            if train_loss is None:
-                state.interrupted = True
-                break
-            record = {"epoch": epoch, "train_loss": train_loss, "valid_loss": None}
-            if X_valid is not None:
-                record["valid_loss"] = evaluate(
-                    trained, loss_fn, X_valid, Y_valid, encode, batch_size, device, autocast, rows=valid_rows
-                )
-                if record["valid_loss"] < state.best_loss:
-                    state.best_loss, state.best_epoch = record["valid_loss"], epoch
-                    state.best_weights = copy.deepcopy(trained.state_dict()) if patience is not None else None
-            if average is not None:
-                state.average_weights, state.average_steps = average.module.state_dict(), average.steps
-            record["duration_s"] = time.perf_counter() - started
-            state.history.append(record)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k.endswith("loss") and v is not None})
-            if on_epoch_end is not None:
-                on_epoch_end(state)
-    if state.best_weights is not None or trained is not model:
-        model.load_state_dict(state.best_weights or trained.state_dict())
-    return state
+
+    def __init__(self, loss_fn, encode, batch_size: int, device: torch.device, autocast=None, seed: int = 0, input_noise=None):
+        self.loss_fn, self.encode, self.batch_size, self.device = loss_fn, encode, batch_size, device
+        self.autocast, self.seed, self.input_noise = autocast, seed, input_noise
+
+    def fit(self, model, optimizer, X, Y, *, epochs: range, held_out=None, state=None, callbacks=()) -> TrainingState:
+        """Train ``model`` in place with mini-batches drawn from seeded permutations.
+
+        Parameters
+        ----------
+        model, optimizer
+        X, Y : Tensor
+            Inputs ``(N, D)`` float32 and targets ``(N, C, H, W)`` in their stored dtype
+            (or :class:`~cebra_halfunet.targets.DiskImages`).
+        epochs : range
+            Numbers of the epochs to run (continued training counts on).
+        held_out : Tensor, bool, ``(N,)``, optional
+            Rows held out for validation, evaluated after every epoch (the
+            ``valid_loss`` of the history); training uses the other rows. Indexed in
+            place, never copied.
+        state : TrainingState, optional
+            State of an earlier, unfinished run of the same call (from a checkpoint): the
+            run continues after its last epoch.
+        callbacks : sequence of Callback
+            Called in order at each event (see :class:`~cebra_halfunet.callbacks.Callback`).
+
+        Returns
+        -------
+        TrainingState
+            ``interrupted`` is True when Ctrl-C stopped the run: the loop stops after the
+            batch in progress and drops that unfinished epoch from the history; the
+            callbacks' ``on_train_end`` still runs; the caller decides whether to re-raise.
+        """
+        model.to(self.device)
+        X, Y = _resident([X, Y], self.device)
+        rows = torch.arange(len(X)) if held_out is None else torch.nonzero(~held_out).squeeze(1)
+        valid_rows = None if held_out is None else torch.nonzero(held_out).squeeze(1)
+        steps = math.ceil(len(rows) / self.batch_size)
+        run = Run(self, model, optimizer, state if state is not None else TrainingState(), epochs, steps, model)
+        _notify(callbacks, "on_train_begin", run)
+        done = {record["epoch"] for record in run.state.history}
+        with _InterruptFlag() as interrupt:
+            for epoch in (epoch for epoch in epochs if epoch not in done):
+                if run.stop:
+                    break
+                started = time.perf_counter()
+                _notify(callbacks, "on_epoch_begin", run, epoch)
+                try:
+                    train_loss = self._train_epoch(run, X, Y, rows, epoch, interrupt, callbacks)
+                except KeyboardInterrupt:
+                    train_loss = None
+                if train_loss is None:
+                    run.state.interrupted = True
+                    break
+                record = {"epoch": epoch, "train_loss": train_loss, "valid_loss": None}
+                if valid_rows is not None:
+                    record["valid_loss"] = self.evaluate(run.evaluated, X, Y, valid_rows)
+                record["duration_s"] = time.perf_counter() - started
+                run.state.history.append(record)
+                _notify(callbacks, "on_epoch_end", run, record)
+        _notify(callbacks, "on_train_end", run)
+        return run.state
+
+    def _train_epoch(self, run: Run, X, Y, rows, epoch: int, interrupt, callbacks):
+        """Mean training loss of one pass over shuffled batches of the samples at ``rows``;
+        None if interrupted."""
+        model, optimizer = run.model, run.optimizer
+        model.train()
+        total = torch.zeros((), device=self.device)
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        order = rows[torch.randperm(len(rows), generator=generator)]
+        for index in _batches(len(rows), self.batch_size, order):
+            inputs = X[_on(index, X)]
+            if self.input_noise is not None:
+                inputs = inputs + (self.input_noise * torch.randn(inputs.shape, generator=generator)).to(inputs.device)
+            loss = self._batch_loss(model, inputs, Y, index)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            _notify(callbacks, "on_batch_end", run, loss.detach())
+            total += loss.detach() * len(index)
+            if interrupt.requested:
+                return None
+        return total.item() / len(rows)
+
+    def _batch_loss(self, model, inputs, Y, index) -> torch.Tensor:
+        """The loss of the model's output for ``inputs`` against the targets ``Y[index]``."""
+        prediction = _forward(model, inputs, self.device, self.autocast)
+        return self.loss_fn(prediction, self.encode(_to_device(Y[_on(index, Y)], self.device)))
+
+    @torch.no_grad()
+    def evaluate(self, model, X, Y, rows: torch.Tensor | None = None) -> float:
+        """Mean loss over the samples at ``rows`` (None: all), in batches, in eval mode."""
+        model.eval()
+        total = torch.zeros((), device=self.device)
+        n = len(X) if rows is None else len(rows)
+        for index in _batches(n, self.batch_size, rows):
+            total += self._batch_loss(model, X[_on(index, X)], Y, index) * len(index)
+        return total.item() / n
+
+    @torch.no_grad()
+    def predict_into(self, model: nn.Module, X: torch.Tensor, out: np.ndarray, decode) -> np.ndarray:
+        """Write ``decode(model(X))`` batch by batch into the preallocated array ``out``.
+
+        Memory beyond ``out`` is one batch of inputs and outputs, whatever ``len(X)``. When
+        a batch runs out of GPU memory the batch size is halved (with a warning) and the
+        batch retried, down to single samples; then the error is raised.
+        """
+        model.to(self.device).eval()
+        start, batch_size = 0, self.batch_size
+        while start < len(X):
+            stop = min(start + batch_size, len(X))
+            batch = X[start:stop]
+            predicted, out_of_memory = catch_out_of_memory(lambda: decode(_forward(model, batch, self.device, self.autocast)))
+            if not out_of_memory:
+                out[start:stop] = predicted.cpu().numpy()
+                start = stop
+            elif batch_size == 1:
+                raise torch.cuda.OutOfMemoryError("predict ran out of GPU memory with one sample per batch.")
+            else:
+                batch_size //= 2
+                warnings.warn(f"predict ran out of GPU memory; retrying with batch_size={batch_size}.", RuntimeWarning, stacklevel=4)
+        return out
 
 
-def _train_epoch(
-    model, optimizer, loss_fn, X, Y, rows, encode, batch_size, device, seed, interrupt, autocast, input_noise, average
-):
-    """Mean training loss of one pass over shuffled batches of the samples at ``rows``;
-    None if interrupted."""
-    model.train()
-    total = torch.zeros((), device=device)
-    generator = torch.Generator().manual_seed(seed)
-    order = rows[torch.randperm(len(rows), generator=generator)]
-    for index in _batches(len(rows), batch_size, order):
-        inputs = X[_on(index, X)]
-        if input_noise is not None:
-            inputs = inputs + (input_noise * torch.randn(inputs.shape, generator=generator)).to(inputs.device)
-        loss = _batch_loss(model, loss_fn, inputs, Y, index, encode, device, autocast)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if average is not None:
-            average.update(model)
-        total += loss.detach() * len(index)
-        if interrupt.requested:
-            return None
-    return total.item() / len(rows)
-
-
-@torch.no_grad()
-def evaluate(
-    model,
-    loss_fn,
-    X,
-    Y,
-    encode,
-    batch_size: int,
-    device: torch.device,
-    autocast: torch.dtype | None = None,
-    rows: torch.Tensor | None = None,
-) -> float:
-    """Mean of ``loss_fn`` over the samples at ``rows`` (None: all), in batches, in eval mode."""
-    model.eval()
-    total = torch.zeros((), device=device)
-    n = len(X) if rows is None else len(rows)
-    for index in _batches(n, batch_size, rows):
-        total += _batch_loss(model, loss_fn, X[_on(index, X)], Y, index, encode, device, autocast) * len(index)
-    return total.item() / n
-
-
-@torch.no_grad()
-def predict_into(
-    model: nn.Module,
-    X: torch.Tensor,
-    out: np.ndarray,
-    decode: Callable[[torch.Tensor], torch.Tensor],
-    batch_size: int,
-    device: torch.device,
-    autocast: torch.dtype | None = None,
-) -> np.ndarray:
-    """Write ``decode(model(X))`` batch by batch into the preallocated array ``out``.
-
-    Memory beyond ``out`` is one batch of inputs and outputs, whatever ``len(X)``. When a
-    batch runs out of GPU memory the batch size is halved (with a warning) and the batch
-    retried, down to single samples.
-    """
-    model.to(device).eval()
-    start = 0
-    while start < len(X):
-        stop = min(start + batch_size, len(X))
-        try:
-            out[start:stop] = decode(_forward(model, X[start:stop], device, autocast)).cpu().numpy()
-        except torch.cuda.OutOfMemoryError:
-            if batch_size == 1:
-                raise
-            out_of_memory = True  # handled outside the except block, which holds the batch's tensors
-        else:
-            out_of_memory = False
-            start = stop
-        if out_of_memory:
-            release_device_memory()
-            batch_size //= 2
-            warnings.warn(f"predict ran out of GPU memory; retrying with batch_size={batch_size}.", RuntimeWarning, stacklevel=4)
-    return out
+def _notify(callbacks, event: str, *args) -> None:
+    """Call ``event`` on every callback, in order."""
+    for callback in callbacks:
+        getattr(callback, event)(*args)

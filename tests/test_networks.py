@@ -40,6 +40,23 @@ def test_body_choice_threshold_and_latent_default():
     assert decoder.latent_dim == 1024 and isinstance(decoder.body, ComplexLargeUNetDecoderOnly)
 
 
+@pytest.mark.parametrize(
+    "latent_dim, body, expected",
+    [(16, "light", UNetDecoderOnly), (1024, "light", UNetDecoderOnly), (16, "large", ComplexLargeUNetDecoderOnly),
+     (16, "auto", UNetDecoderOnly), (1024, "auto", ComplexLargeUNetDecoderOnly)],
+)
+def test_body_says_which_body_whatever_the_latent_width(latent_dim, body, expected):
+    decoder = HalfUNetDecoder(8, 1, (8, 16), latent_dim, body=body)
+    assert isinstance(decoder.body, expected) and decoder.is_large == (expected is ComplexLargeUNetDecoderOnly)
+    with torch.no_grad():
+        assert decoder(embeddings(batch=2)).shape == (2, 1, 8, 16)
+
+
+def test_an_unknown_body_is_refused():
+    with pytest.raises(ValueError, match="body must be one of"):
+        HalfUNetDecoder(8, body="medium")
+
+
 @pytest.mark.parametrize("body", [UNetDecoderOnly, ComplexLargeUNetDecoderOnly])
 def test_bodies_work_on_their_own(body):
     net = body(32, output_channels=3, output_shape=(16, 32))

@@ -29,7 +29,6 @@ def memory_limit(monkeypatch):
         limit["released"] += 1
 
     monkeypatch.setattr(HalfUNetDecoder, "forward", limited)
-    monkeypatch.setattr("cebra_halfunet.estimator.release_device_memory", release)
     monkeypatch.setattr("cebra_halfunet.training.release_device_memory", release)
     return limit
 

@@ -153,6 +153,27 @@ def test_files_from_before_ensembles_load_as_one_decoder(data, tmp_path):
     np.testing.assert_array_equal(loaded.predict(z), single.predict(z))
 
 
+def test_files_from_before_the_body_parameter_load_as_auto(data, tmp_path):
+    z, images = data
+    model = HalfUNetRegressor(**FAST, ensemble_size=1).fit(z, images)
+    path = tmp_path / "decoder"
+    model.save(path)
+    rewrite(path, edit_metadata=lambda header: header["params"].pop("body"))
+    loaded = HalfUNetRegressor.load(path)
+    assert loaded.body == "auto" and not loaded.module_.decoder.is_large
+    np.testing.assert_array_equal(loaded.predict(z), model.predict(z))
+
+
+def test_the_body_is_saved_and_loaded(data, tmp_path):
+    z, images = data
+    model = HalfUNetRegressor(**(FAST | dict(max_epochs=1, ensemble_size=1, body="large"))).fit(z, images)
+    assert model.module_.decoder.is_large  # large at latent_dim 16, because it was asked for
+    model.save(tmp_path / "decoder")
+    loaded = HalfUNetRegressor.load(tmp_path / "decoder")
+    assert loaded.body == "large" and loaded.module_.decoder.is_large
+    np.testing.assert_array_equal(loaded.predict(z), model.predict(z))
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         HalfUNetRegressor.load(tmp_path / "nothing")
