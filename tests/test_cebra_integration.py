@@ -76,6 +76,7 @@ def test_time_label_ignores_y_and_pca_needs_it(recording):
         CEBRAEmbedding(small_cebra(), label="pixels").fit(neural, frames)
 
 
+@pytest.mark.slow
 def test_grid_search_with_time_respecting_split_refits_cebra_per_fold(recording):
     neural, frames = recording
     pipeline = make_pipeline(CEBRAEmbedding(small_cebra(RecordingCEBRA), random_state=0), decoder())

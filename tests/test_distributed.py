@@ -10,6 +10,7 @@ from sklearn.model_selection import GridSearchCV, KFold, cross_validate
 from cebra_halfunet import HalfUNetRegressor
 
 distributed = pytest.importorskip("distributed")
+pytestmark = pytest.mark.slow  # starts a Dask cluster
 
 
 @pytest.fixture(scope="module")

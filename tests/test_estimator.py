@@ -100,6 +100,7 @@ def test_bce_predicts_probabilities(data):
     assert 0 <= prediction.min() and prediction.max() <= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["mse", "l1", "ssim", "l1_ssim"])
 def test_every_loss_learns(loss):
     z, images = make_images(n=80)
@@ -210,6 +211,7 @@ def test_verbose_shows_progress(data, capsys):
     assert "train_loss" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_large_body_through_the_estimator(data):
     z, images = data
     model = regressor(latent_dim=1024, max_epochs=1).fit(z, images)
@@ -291,6 +293,7 @@ def test_ssim_matches_scikit_image():
     assert structural_similarity(a, b, data_range=1.0) == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_grid_search_over_latent_dim_and_loss(data):
     z, images = data
     search = GridSearchCV(

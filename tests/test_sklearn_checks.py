@@ -1,8 +1,11 @@
 """scikit-learn's estimator checks: all of them pass, none is listed as an expected failure."""
 
+import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from cebra_halfunet import HalfUNetRegressor
+
+pytestmark = pytest.mark.slow  # 3 decoders x 20 epochs, for each of the checks
 
 
 @parametrize_with_checks([HalfUNetRegressor(latent_dim=16, max_epochs=20, random_state=0)])
