@@ -162,8 +162,13 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         Span of the target values (255 for uint8, 1 for images in [0, 1]); used by
         the SSIM loss and the image scorers.
     history_ : list of dict
-        Per epoch: ``epoch``, ``train_loss``, ``valid_loss`` (None without early
-        stopping), ``duration_s``.
+        Per epoch: ``epoch``; ``train_loss`` and ``valid_loss`` (None without early
+        stopping), measured alike: after the epoch, with the weights that are kept (the
+        average when averaging), in eval mode, without embedding noise, ``train_loss`` on
+        a fixed subset of the training rows as large as the validation set; for an
+        ensemble both are the loss of the members' mean. ``batch_loss``: the mean of the
+        epoch's batch losses (for an ensemble, the mean of the members' losses).
+        ``duration_s``.
     n_epochs_ : int
         Epochs trained in all calls together.
     best_epoch_ : int or None

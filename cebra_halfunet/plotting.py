@@ -52,25 +52,29 @@ def plot_reconstructions(originals, reconstructions, n_images: int = 5, indices=
     return fig
 
 
-def plot_learning_curve(history):
-    """Train and validation loss per epoch.
+def plot_learning_curve(history, loss_name: str | None = None):
+    """Training and validation loss per epoch, measured alike (see ``history_``).
 
-    ``history``: a fitted ``HalfUNetRegressor`` (its ``history_``) or the list of dicts.
+    ``history``: a fitted ``HalfUNetRegressor`` (its ``history_``; the y axis is labelled
+    with its loss) or the list of dicts, with ``loss_name`` for the label.
     Returns the matplotlib figure.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
+    loss_name = loss_name or getattr(history, "loss", None)
     history = getattr(history, "history_", history)
     epochs = [record["epoch"] for record in history]
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(epochs, [record["train_loss"] for record in history], label="train")
+    ax.plot(epochs, [record["train_loss"] for record in history], label="training rows")
     valid = [(record["epoch"], record["valid_loss"]) for record in history if record["valid_loss"] is not None]
     if valid:
-        ax.plot(*zip(*valid), label="validation")
+        ax.plot(*zip(*valid), label="validation rows")
         best = min(valid, key=lambda pair: pair[1])
         ax.axvline(best[0], color="gray", linestyle=":", label=f"best epoch {best[0]}")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(f"{loss_name} loss" if loss_name else "loss")
     ax.legend()
     fig.tight_layout()
     return fig

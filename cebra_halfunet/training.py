@@ -30,6 +30,10 @@ import torch
 from torch import nn
 
 
+#: Share of the training rows whose loss is measured after each epoch when there are no
+#: validation rows (with them, as many as there are validation rows).
+TRAIN_PROBE_FRACTION = 0.1
+
 #: Stretches the validation samples of a fit are spread over (see :func:`validation_mask`).
 VALIDATION_STRETCHES = 10
 
@@ -138,8 +142,12 @@ class TrainingState:
     Attributes
     ----------
     history : list of dict
-        One dict per completed epoch: ``epoch`` (counted over all calls), ``train_loss``,
-        ``valid_loss`` (None without validation data) and ``duration_s``.
+        One dict per completed epoch: ``epoch`` (counted over all calls); ``train_loss``,
+        measured as ``valid_loss`` is (after the epoch, with the kept weights, the average
+        when averaging, in eval mode, without embedding noise) on a fixed subset of the
+        training rows; ``batch_loss``, the mean of the epoch's training-batch losses (the
+        weights moving, noise on, ensemble members scored one by one); ``valid_loss``
+        (None without validation data); ``duration_s``.
     best_loss, best_epoch
         Lowest validation loss so far and its epoch (None before the first).
     best_weights : dict or None
@@ -321,6 +329,7 @@ class Trainer:
         X, Y = _resident([X, Y], self.device)
         rows = torch.arange(len(X)) if held_out is None else torch.nonzero(~held_out).squeeze(1)
         valid_rows = None if held_out is None else torch.nonzero(held_out).squeeze(1)
+        probe = self._probe_rows(rows, valid_rows)
         steps = math.ceil(len(rows) / self.batch_size)
         run = Run(self, model, optimizer, state if state is not None else TrainingState(), epochs, steps, model)
         _notify(callbacks, "on_train_begin", run)
@@ -332,13 +341,14 @@ class Trainer:
                 started = time.perf_counter()
                 _notify(callbacks, "on_epoch_begin", run, epoch)
                 try:
-                    train_loss = self._train_epoch(run, X, Y, rows, epoch, interrupt, callbacks)
+                    batch_loss = self._train_epoch(run, X, Y, rows, epoch, interrupt, callbacks)
                 except KeyboardInterrupt:
-                    train_loss = None
-                if train_loss is None:
+                    batch_loss = None
+                if batch_loss is None:
                     run.state.interrupted = True
                     break
-                record = {"epoch": epoch, "train_loss": train_loss, "valid_loss": None}
+                train_loss = self.evaluate(run.evaluated, X, Y, probe)
+                record = {"epoch": epoch, "train_loss": train_loss, "batch_loss": batch_loss, "valid_loss": None}
                 if valid_rows is not None:
                     record["valid_loss"] = self.evaluate(run.evaluated, X, Y, valid_rows)
                 record["duration_s"] = time.perf_counter() - started
@@ -346,6 +356,14 @@ class Trainer:
                 _notify(callbacks, "on_epoch_end", run, record)
         _notify(callbacks, "on_train_end", run)
         return run.state
+
+    def _probe_rows(self, rows: torch.Tensor, valid_rows: torch.Tensor | None) -> torch.Tensor:
+        """The training rows whose loss is the ``train_loss`` of the history: as many as the
+        validation rows (a tenth of the training rows without them), drawn once with the
+        seed from a generator of their own, so that training draws the same numbers."""
+        n = len(valid_rows) if valid_rows is not None else math.ceil(len(rows) * TRAIN_PROBE_FRACTION)
+        generator = torch.Generator().manual_seed(self.seed)
+        return rows[torch.randperm(len(rows), generator=generator)[: min(n, len(rows))]].sort().values
 
     def _train_epoch(self, run: Run, X, Y, rows, epoch: int, interrupt, callbacks):
         """Mean training loss of one pass over shuffled batches of the samples at ``rows``;
