@@ -142,26 +142,16 @@ def test_a_loaded_ensemble_predicts_the_mean_from_its_module(data, tmp_path):
         np.testing.assert_allclose(loaded.module_(torch.from_numpy(z)).numpy(), ensemble.predict(z), atol=1e-6)
 
 
-def test_files_from_before_ensembles_load_as_one_decoder(data, tmp_path):
+@pytest.mark.parametrize("param, default", [("ensemble_size", 1), ("body", "auto")])
+def test_files_from_before_a_parameter_load_with_its_earlier_behaviour(data, tmp_path, param, default):
     z, images = data
     single = HalfUNetRegressor(**FAST, ensemble_size=1).fit(z, images)
     path = tmp_path / "decoder"
     single.save(path)
-    rewrite(path, edit_metadata=lambda header: header["params"].pop("ensemble_size"))
+    rewrite(path, edit_metadata=lambda header: header["params"].pop(param))
     loaded = HalfUNetRegressor.load(path)
-    assert loaded.ensemble_size == 1
+    assert getattr(loaded, param) == default and not loaded.module_.decoder.is_large
     np.testing.assert_array_equal(loaded.predict(z), single.predict(z))
-
-
-def test_files_from_before_the_body_parameter_load_as_auto(data, tmp_path):
-    z, images = data
-    model = HalfUNetRegressor(**FAST, ensemble_size=1).fit(z, images)
-    path = tmp_path / "decoder"
-    model.save(path)
-    rewrite(path, edit_metadata=lambda header: header["params"].pop("body"))
-    loaded = HalfUNetRegressor.load(path)
-    assert loaded.body == "auto" and not loaded.module_.decoder.is_large
-    np.testing.assert_array_equal(loaded.predict(z), model.predict(z))
 
 
 def test_the_body_is_saved_and_loaded(data, tmp_path):
