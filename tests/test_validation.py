@@ -38,7 +38,7 @@ def regressor(**kwargs):
 def test_bad_data_raises_before_training(data, make_args, error, match, monkeypatch):
     z, images = data
     trained = []
-    monkeypatch.setattr("cebra_halfunet.estimator.train", lambda *a, **k: trained.append(1))
+    monkeypatch.setattr("cebra_halfunet.training.Trainer.fit", lambda *a, **k: trained.append(1))
     with pytest.raises(error, match=match):
         regressor().fit(*make_args(z, images))
     assert not trained
