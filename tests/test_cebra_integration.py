@@ -186,3 +186,45 @@ def test_decoder_is_importable_beside_the_function():
     from cebra_halfunet.decoding import HalfUNetDecoder as FromDecoding
 
     assert FromDecoding is HalfUNetDecoder
+
+
+def _poisoned(array, value):
+    """Copy of ``array`` with ``value`` in one entry."""
+    array = array.copy()
+    array.flat[7] = value
+    return array
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda args: args | {"label_valid": args["label_valid"][:-1]}, "label_valid must have one sample per row"),
+        (lambda args: args | {"embedding_valid": args["embedding_valid"][:, :4]}, "embedding_valid must have the width"),
+        (lambda args: args | {"label_valid": _poisoned(args["label_valid"], np.nan)}, "label_valid contains NaN"),
+        (lambda args: args | {"label_valid": _poisoned(args["label_valid"], -np.inf)}, "label_valid contains NaN"),
+        (lambda args: args | {"embedding_valid": _poisoned(args["embedding_valid"], np.inf)}, "embedding_valid contains NaN"),
+        (lambda args: args | {"label_train": args["label_train"][:-1]}, "label_train must have one sample per row"),
+        (lambda args: args | {"label_valid": args["label_valid"][:, :, :4]}, "label_valid samples have shape"),
+    ],
+)
+def test_functional_api_checks_every_input_before_training(recording, monkeypatch, change, message):
+    _, frames = recording
+    embedding = np.random.default_rng(0).normal(size=(160, 6)).astype(np.float32)
+    monkeypatch.setattr(HalfUNetRegressor, "fit", lambda *args: pytest.fail("trained before checking its inputs"))
+    args = dict(embedding_train=embedding[:120], embedding_valid=embedding[120:], label_train=frames[:120],
+                label_valid=frames[120:])
+    before = {name: value.copy() for name, value in args.items()}
+    changed = change(args)
+    with pytest.raises(ValueError, match=message):
+        halfunet_decoding(**changed, device="cpu", output_shape=SHAPE)
+    for name, value in args.items():
+        np.testing.assert_array_equal(value, before[name])
+
+
+def test_functional_api_refuses_a_run_that_does_not_exist(recording, monkeypatch):
+    _, frames = recording
+    monkeypatch.setattr(HalfUNetRegressor, "fit", lambda *args: pytest.fail("trained before checking its inputs"))
+    runs = lambda n: [np.zeros((n, 6), dtype=np.float32) for _ in range(2)]
+    with pytest.raises(ValueError, match=r"n_run=2 is out of range: embedding_train\[0\] has 2 run"):
+        halfunet_decoding({0: runs(60)}, {0: runs(20)}, {0: frames[:60]}, {0: frames[60:80]}, n_run=2,
+                          device="cpu", output_shape=SHAPE)
