@@ -1,5 +1,6 @@
 """cebra-halfunet: reconstruct images from CEBRA embeddings."""
 
+from ._cebra_pickling import register_cebra_pickling
 from .decoding import halfunet_decoding
 from .embedding import CEBRAEmbedding
 from .estimator import HalfUNetRegressor
@@ -7,6 +8,8 @@ from .metrics import correlation_scorer, psnr_scorer, ssim_scorer
 from .networks import ComplexLargeUNetDecoderOnly, HalfUNetDecoder, UNetDecoderOnly
 
 __version__ = "0.1.0"
+
+register_cebra_pickling()  # a fitted cebra.CEBRA pickles (only if cebra is imported already: see the module)
 
 __all__ = [
     "CEBRAEmbedding",

@@ -15,6 +15,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._cebra_pickling import register_cebra_pickling
 from ._checks import check_output_shape
 from .losses import LOSS_NAMES, make_loss, per_member
 from .metrics import pooled_r2
@@ -291,6 +292,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
 
     def _fit(self, X, y, incremental: bool, epochs: int | None = None):
         self._validate_params()
+        register_cebra_pickling()  # the CEBRA step before this decoder pickles
         output_shape = None if self.output_shape is None else check_output_shape(self.output_shape)
         device = resolve_device(self.device)
         if y is None:

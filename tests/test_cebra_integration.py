@@ -1,5 +1,9 @@
 """With real cebra.CEBRA models (small, few iterations, CPU)."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import cebra
 import joblib
 import numpy as np
@@ -228,3 +232,40 @@ def test_functional_api_refuses_a_run_that_does_not_exist(recording, monkeypatch
     with pytest.raises(ValueError, match=r"n_run=2 is out of range: embedding_train\[0\] has 2 run"):
         halfunet_decoding({0: runs(60)}, {0: runs(20)}, {0: frames[:60]}, {0: frames[60:80]}, n_run=2,
                           device="cpu", output_shape=SHAPE)
+
+
+@pytest.mark.parametrize("label", ["pca", "time"])
+def test_cebra_embedding_random_state_makes_the_pipeline_reproducible(recording, label):
+    neural, frames = recording
+    torch_state, numpy_state = torch.random.get_rng_state(), np.random.get_state()
+    fits = [make_pipeline(CEBRAEmbedding(small_cebra(), label=label, n_components=4, random_state=0),
+                          decoder(ensemble_size=1, max_epochs=1)).fit(neural, frames) for _ in range(2)]
+    embeddings = [pipeline[0].transform(neural) for pipeline in fits]
+    np.testing.assert_array_equal(embeddings[0], embeddings[1])
+    np.testing.assert_array_equal(fits[0].predict(neural), fits[1].predict(neural))
+    assert torch.equal(torch.random.get_rng_state(), torch_state), "the caller's torch generator is left alone"
+    assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), numpy_state))
+    other = CEBRAEmbedding(small_cebra(), label=label, n_components=4, random_state=1).fit(neural, frames)
+    assert not np.allclose(other.transform(neural), embeddings[0])
+
+
+def test_plain_cebra_pipeline_persists_with_joblib(recording, tmp_path):
+    neural, frames = recording
+    flat = frames.reshape(len(frames), -1)
+    pipeline = make_pipeline(small_cebra(), decoder(output_shape=SHAPE, ensemble_size=1)).fit(neural, flat)
+    path = tmp_path / "pipeline.joblib"
+    joblib.dump(pipeline, path)
+    expected = pipeline.predict(neural)
+    np.testing.assert_array_equal(joblib.load(path).predict(neural), expected)
+    # In a fresh process the model classes are made anew: the file must name them so that they are found.
+    np.save(tmp_path / "expected.npy", expected)
+    np.save(tmp_path / "neural.npy", neural)
+    script = (
+        "import joblib, numpy as np, sys; folder = sys.argv[1]; "
+        "loaded = joblib.load(folder + '/pipeline.joblib'); "
+        "np.testing.assert_array_equal(loaded.predict(np.load(folder + '/neural.npy')), np.load(folder + '/expected.npy')); "
+        "joblib.dump(loaded, folder + '/again.joblib'); print('identical')"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+                            cwd=Path(__file__).parents[1])
+    assert result.returncode == 0 and result.stdout.strip() == "identical", result.stderr
