@@ -269,3 +269,30 @@ def test_plain_cebra_pipeline_persists_with_joblib(recording, tmp_path):
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
                             cwd=Path(__file__).parents[1])
     assert result.returncode == 0 and result.stdout.strip() == "identical", result.stderr
+
+
+def test_cebra_models_pickle_once_a_decoder_is_fitted_when_cebra_came_second():
+    """Importing cebra_halfunet does not import cebra; imported first, it registers the
+    pickling of CEBRA's models when a decoder is fitted (before a Pipeline is dumped)."""
+    script = """
+import pickle, sys
+import numpy as np, torch
+import cebra_halfunet
+assert "cebra" not in sys.modules
+import cebra
+model = cebra.models.init("offset10-model", num_neurons=3, num_units=4, num_output=2)
+try:
+    pickle.dumps(model)
+    raise SystemExit("pickled before registration: the test no longer tests anything")
+except pickle.PicklingError:
+    pass
+cebra_halfunet.HalfUNetRegressor(latent_dim=8, max_epochs=1, ensemble_size=1).fit(
+    np.zeros((4, 2), np.float32), np.zeros((4, 8, 16), np.float32))
+loaded = pickle.loads(pickle.dumps(model))
+assert type(loaded) is type(model)
+x = torch.randn(1, 3, 10)
+assert torch.equal(loaded(x), model(x))
+print("pickled")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert result.returncode == 0 and result.stdout.strip() == "pickled", result.stderr
