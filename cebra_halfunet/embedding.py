@@ -12,6 +12,7 @@ receives the full frames.
 from __future__ import annotations
 
 import contextlib
+import threading
 from numbers import Integral
 
 import numpy as np
@@ -118,6 +119,10 @@ class CEBRAEmbedding(TransformerMixin, BaseEstimator):
         return self.cebra_.transform(np.asarray(as_array(X, "X"), dtype=np.float32))
 
 
+#: Held while a fit changes the process-wide random state (fits in threads take turns).
+_GLOBAL_RANDOM_STATE = threading.Lock()
+
+
 @contextlib.contextmanager
 def _seeded(seed: int):
     """Seed what CEBRA draws from inside the block: torch's and NumPy's global generators
@@ -126,15 +131,14 @@ def _seeded(seed: int):
     (``torch.Generator.seed()``) and are here seeded from torch's seeded global generator."""
     from cebra.distributions.base import HasGenerator
 
-    seed_itself = HasGenerator.__init__
+    with _GLOBAL_RANDOM_STATE, torch.random.fork_rng():
+        seed_itself, numpy_state = HasGenerator.__init__, np.random.get_state()
 
-    def seed_from_torch(distribution, *args, **kwargs):
-        seed_itself(distribution, *args, **kwargs)
-        distribution._seed = int(torch.randint(2**62, ()))
-        distribution.generator.manual_seed(distribution._seed)
+        def seed_from_torch(distribution, *args, **kwargs):
+            seed_itself(distribution, *args, **kwargs)
+            distribution._seed = int(torch.randint(2**62, ()))
+            distribution.generator.manual_seed(distribution._seed)
 
-    numpy_state = np.random.get_state()
-    with torch.random.fork_rng():
         torch.manual_seed(seed)
         np.random.seed(seed)
         HasGenerator.__init__ = seed_from_torch
