@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).parents[1] / "README.md"
 
 
@@ -11,6 +13,7 @@ def python_block(heading: str) -> str:
     return re.search(rf"## {heading}\n\n```python\n(.*?)```", README.read_text(), re.S).group(1)
 
 
+@pytest.mark.slow  # the example as written: CEBRA 500 iterations, 10 epochs of 3 decoders
 def test_thirty_second_example_prints_an_image_score_beside_score(capsys):
     exec(compile(python_block("In 30 seconds"), "README.md", "exec"), {})
     printed = capsys.readouterr().out
