@@ -28,9 +28,27 @@ def _concatenate_sessions(embedding, label, n_run, name):
         raise ValueError(f"n_run must be specified for multi-session (dict) embeddings, got {n_run}.")
     if not isinstance(label, dict) or set(label) != set(embedding):
         raise ValueError(f"label_{name} must be a dict with the same sessions as embedding_{name}.")
+    for session, runs in embedding.items():
+        if not 0 <= n_run < len(runs):
+            raise ValueError(f"n_run={n_run} is out of range: embedding_{name}[{session!r}] has {len(runs)} run(s).")
     embeddings = [as_array(embedding[session][n_run], f"embedding_{name}[{session!r}][{n_run}]") for session in embedding]
     labels = [as_array(getattr(label[session], "continuous", label[session]), f"label_{name}[{session!r}]") for session in embedding]
     return np.concatenate(embeddings), np.concatenate(labels)
+
+
+def _check_split(embedding: np.ndarray, label: np.ndarray, name: str) -> None:
+    """Raise unless ``embedding_<name>`` is a non-empty finite ``(N, D)`` array and
+    ``label_<name>`` holds N finite samples."""
+    if embedding.ndim != 2 or len(embedding) == 0:
+        raise ValueError(f"embedding_{name} must be a non-empty array (N, D), got shape {embedding.shape}.")
+    if len(label) != len(embedding):
+        raise ValueError(
+            f"label_{name} must have one sample per row of embedding_{name}, got {len(label)} and {len(embedding)}."
+        )
+    for array, argument in ((embedding, f"embedding_{name}"), (label, f"label_{name}")):
+        # min and max propagate NaN and reach +-inf: one pass, no temporary mask.
+        if array.dtype.kind == "f" and not (np.isfinite(array.min()) and np.isfinite(array.max())):
+            raise ValueError(f"{argument} contains NaN or infinity.")
 
 
 def halfunet_decoding(
@@ -90,6 +108,12 @@ def halfunet_decoding(
     """
     x_train, y_train = _concatenate_sessions(embedding_train, label_train, n_run, "train")
     x_valid, y_valid = _concatenate_sessions(embedding_valid, label_valid, n_run, "valid")
+    _check_split(x_train, y_train, "train")
+    _check_split(x_valid, y_valid, "valid")
+    if x_valid.shape[1] != x_train.shape[1]:
+        raise ValueError(
+            f"embedding_valid must have the width of embedding_train, {x_train.shape[1]}, got {x_valid.shape[1]}."
+        )
     if y_valid.shape[1:] != y_train.shape[1:]:
         raise ValueError(f"label_valid samples have shape {y_valid.shape[1:]}, label_train {y_train.shape[1:]}.")
     regressor = HalfUNetRegressor(

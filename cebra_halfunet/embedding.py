@@ -11,17 +11,19 @@ receives the full frames.
 
 from __future__ import annotations
 
-import os
+import contextlib
+import threading
 from numbers import Integral
-import tempfile
 
 import numpy as np
+import torch
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.decomposition import PCA
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from ._cebra_pickling import register_cebra_pickling
 from .targets import as_array
 
 
@@ -45,7 +47,14 @@ class CEBRAEmbedding(TransformerMixin, BaseEstimator):
         The PCA reads at most this many pixel columns of the flattened frames (a fixed
         random subset), so its cost and CEBRA's do not grow with the image size.
     random_state : int, RandomState or None
-        Seeds the pixel subset and the randomized PCA.
+        Seeds the pixel subset, the randomized PCA and CEBRA's training (cebra.CEBRA has
+        no seed of its own: its fit runs with torch's and NumPy's global generators seeded
+        from ``random_state``, and both get their state back afterwards). On a CPU the same
+        ``random_state``, data, thread count and library versions give identical
+        embeddings. Other torch or cebra versions, thread counts or CPUs may give other
+        embeddings (other rounding, other random streams), and on a GPU CEBRA is not
+        deterministic unless ``torch.use_deterministic_algorithms(True)`` is set.
+        ``None``: a seed drawn from NumPy's global generator.
 
     Attributes
     ----------
@@ -77,25 +86,27 @@ class CEBRAEmbedding(TransformerMixin, BaseEstimator):
         """Fit CEBRA on neural data ``X`` ``(N, n_neurons)`` with the label made from ``y``."""
         self._validate_params()
         X = np.asarray(as_array(X, "X"), dtype=np.float32)
+        rng = check_random_state(self.random_state)
         self.label_pixels_, self.label_pca_ = None, None
-        self.cebra_ = clone(self.cebra) if self.cebra is not None else _default_cebra()
-        if self.label == "time":
-            self.cebra_.fit(X)
-        else:
+        labels = ()
+        if self.label != "time":
             if y is None:
                 raise ValueError(f"label={self.label!r} needs y (the frames); use label='time' to fit without it.")
             y = as_array(y, "y")
             if len(y) != len(X):
                 raise ValueError(f"X and y must have the same number of samples, got {len(X)} and {len(y)}.")
-            self.cebra_.fit(X, self._pca_label(y) if self.label == "pca" else y)
+            labels = (self._pca_label(y, rng) if self.label == "pca" else y,)
+        self.cebra_ = clone(self.cebra) if self.cebra is not None else _default_cebra()
+        register_cebra_pickling()
+        with _seeded(rng.randint(np.iinfo(np.int32).max)):
+            self.cebra_.fit(X, *labels)
         self.n_features_in_, self.n_samples_fit_ = X.shape[1], len(X)
         return self
 
-    def _pca_label(self, y: np.ndarray) -> np.ndarray:
+    def _pca_label(self, y: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
         """Fit the label PCA; standardised principal components of a pixel subset of ``y``,
         ``(N, n_components)``."""
         flat = y.reshape(len(y), -1)
-        rng = check_random_state(self.random_state)
         n_pixels = min(flat.shape[1], self.max_label_pixels)
         self.label_pixels_ = np.sort(rng.choice(flat.shape[1], size=n_pixels, replace=False))
         n_components = min(self.n_components, n_pixels, len(y))
@@ -107,27 +118,35 @@ class CEBRAEmbedding(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "cebra_")
         return self.cebra_.transform(np.asarray(as_array(X, "X"), dtype=np.float32))
 
-    def __getstate__(self):
-        """CEBRA models do not pickle; store a fitted one through its own ``save``."""
-        state = self.__dict__.copy()
-        if "cebra_" in state:
-            with tempfile.TemporaryDirectory() as folder:
-                path = os.path.join(folder, "cebra.pt")
-                state["cebra_"].save(path)
-                with open(path, "rb") as file:
-                    state["cebra_"] = file.read()
-        return state
 
-    def __setstate__(self, state):
-        if isinstance(state.get("cebra_"), bytes):
-            import cebra
+#: Held while a fit changes the process-wide random state (fits in threads take turns).
+_GLOBAL_RANDOM_STATE = threading.Lock()
 
-            with tempfile.TemporaryDirectory() as folder:
-                path = os.path.join(folder, "cebra.pt")
-                with open(path, "wb") as file:
-                    file.write(state["cebra_"])
-                state["cebra_"] = cebra.CEBRA.load(path)
-        self.__dict__.update(state)
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """Seed what CEBRA draws from inside the block: torch's and NumPy's global generators
+    (both get their state back afterwards), and the generators of CEBRA's sampling
+    distributions, which seed themselves from the operating system's entropy
+    (``torch.Generator.seed()``) and are here seeded from torch's seeded global generator."""
+    from cebra.distributions.base import HasGenerator
+
+    with _GLOBAL_RANDOM_STATE, torch.random.fork_rng():
+        seed_itself, numpy_state = HasGenerator.__init__, np.random.get_state()
+
+        def seed_from_torch(distribution, *args, **kwargs):
+            seed_itself(distribution, *args, **kwargs)
+            distribution._seed = int(torch.randint(2**62, ()))
+            distribution.generator.manual_seed(distribution._seed)
+
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        HasGenerator.__init__ = seed_from_torch
+        try:
+            yield
+        finally:
+            HasGenerator.__init__ = seed_itself
+            np.random.set_state(numpy_state)
 
 
 def _default_cebra():

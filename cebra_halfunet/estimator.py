@@ -23,6 +23,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._cebra_pickling import register_cebra_pickling
 from ._checks import check_output_shape
 from .callbacks import Checkpoint, EarlyStopping, ProgressBar, WeightAveraging
 from .losses import LOSS_NAMES, make_loss, per_member
@@ -306,6 +307,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
     def _prepare(self, X, y, incremental: bool, validate: bool) -> _FitData:
         """Check the parameters and data; scan the targets once; choose the validation rows."""
         self._validate_params()
+        register_cebra_pickling()  # the CEBRA step before this decoder pickles
         output_shape = None if self.output_shape is None else check_output_shape(self.output_shape)
         resolve_device(self.device)
         if y is None:

@@ -1,5 +1,9 @@
 """With real cebra.CEBRA models (small, few iterations, CPU)."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import cebra
 import joblib
 import numpy as np
@@ -187,3 +191,109 @@ def test_decoder_is_importable_beside_the_function():
     from cebra_halfunet.decoding import HalfUNetDecoder as FromDecoding
 
     assert FromDecoding is HalfUNetDecoder
+
+
+def _poisoned(array, value):
+    """Copy of ``array`` with ``value`` in one entry."""
+    array = array.copy()
+    array.flat[7] = value
+    return array
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda args: args | {"label_valid": args["label_valid"][:-1]}, "label_valid must have one sample per row"),
+        (lambda args: args | {"embedding_valid": args["embedding_valid"][:, :4]}, "embedding_valid must have the width"),
+        (lambda args: args | {"label_valid": _poisoned(args["label_valid"], np.nan)}, "label_valid contains NaN"),
+        (lambda args: args | {"label_valid": _poisoned(args["label_valid"], -np.inf)}, "label_valid contains NaN"),
+        (lambda args: args | {"embedding_valid": _poisoned(args["embedding_valid"], np.inf)}, "embedding_valid contains NaN"),
+        (lambda args: args | {"label_train": args["label_train"][:-1]}, "label_train must have one sample per row"),
+        (lambda args: args | {"label_valid": args["label_valid"][:, :, :4]}, "label_valid samples have shape"),
+    ],
+)
+def test_functional_api_checks_every_input_before_training(recording, monkeypatch, change, message):
+    _, frames = recording
+    embedding = np.random.default_rng(0).normal(size=(160, 6)).astype(np.float32)
+    monkeypatch.setattr(HalfUNetRegressor, "fit", lambda *args: pytest.fail("trained before checking its inputs"))
+    args = dict(embedding_train=embedding[:120], embedding_valid=embedding[120:], label_train=frames[:120],
+                label_valid=frames[120:])
+    before = {name: value.copy() for name, value in args.items()}
+    changed = change(args)
+    with pytest.raises(ValueError, match=message):
+        halfunet_decoding(**changed, device="cpu", output_shape=SHAPE)
+    for name, value in args.items():
+        np.testing.assert_array_equal(value, before[name])
+
+
+def test_functional_api_refuses_a_run_that_does_not_exist(recording, monkeypatch):
+    _, frames = recording
+    monkeypatch.setattr(HalfUNetRegressor, "fit", lambda *args: pytest.fail("trained before checking its inputs"))
+    runs = lambda n: [np.zeros((n, 6), dtype=np.float32) for _ in range(2)]
+    with pytest.raises(ValueError, match=r"n_run=2 is out of range: embedding_train\[0\] has 2 run"):
+        halfunet_decoding({0: runs(60)}, {0: runs(20)}, {0: frames[:60]}, {0: frames[60:80]}, n_run=2,
+                          device="cpu", output_shape=SHAPE)
+
+
+@pytest.mark.parametrize("label", ["pca", "time"])
+def test_cebra_embedding_random_state_makes_the_pipeline_reproducible(recording, label):
+    neural, frames = recording
+    torch_state, numpy_state = torch.random.get_rng_state(), np.random.get_state()
+    fits = [make_pipeline(CEBRAEmbedding(small_cebra(), label=label, n_components=4, random_state=0),
+                          decoder(ensemble_size=1, max_epochs=1)).fit(neural, frames) for _ in range(2)]
+    embeddings = [pipeline[0].transform(neural) for pipeline in fits]
+    np.testing.assert_array_equal(embeddings[0], embeddings[1])
+    np.testing.assert_array_equal(fits[0].predict(neural), fits[1].predict(neural))
+    assert torch.equal(torch.random.get_rng_state(), torch_state), "the caller's torch generator is left alone"
+    assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), numpy_state))
+    other = CEBRAEmbedding(small_cebra(), label=label, n_components=4, random_state=1).fit(neural, frames)
+    assert not np.allclose(other.transform(neural), embeddings[0])
+
+
+def test_plain_cebra_pipeline_persists_with_joblib(recording, tmp_path):
+    neural, frames = recording
+    flat = frames.reshape(len(frames), -1)
+    pipeline = make_pipeline(small_cebra(), decoder(output_shape=SHAPE, ensemble_size=1)).fit(neural, flat)
+    path = tmp_path / "pipeline.joblib"
+    joblib.dump(pipeline, path)
+    expected = pipeline.predict(neural)
+    np.testing.assert_array_equal(joblib.load(path).predict(neural), expected)
+    # In a fresh process the model classes are made anew: the file must name them so that they are found.
+    np.save(tmp_path / "expected.npy", expected)
+    np.save(tmp_path / "neural.npy", neural)
+    script = (
+        "import joblib, numpy as np, sys; folder = sys.argv[1]; "
+        "loaded = joblib.load(folder + '/pipeline.joblib'); "
+        "np.testing.assert_array_equal(loaded.predict(np.load(folder + '/neural.npy')), np.load(folder + '/expected.npy')); "
+        "joblib.dump(loaded, folder + '/again.joblib'); print('identical')"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+                            cwd=Path(__file__).parents[1])
+    assert result.returncode == 0 and result.stdout.strip() == "identical", result.stderr
+
+
+def test_cebra_models_pickle_once_a_decoder_is_fitted_when_cebra_came_second():
+    """Importing cebra_halfunet does not import cebra; imported first, it registers the
+    pickling of CEBRA's models when a decoder is fitted (before a Pipeline is dumped)."""
+    script = """
+import pickle, sys
+import numpy as np, torch
+import cebra_halfunet
+assert "cebra" not in sys.modules
+import cebra
+model = cebra.models.init("offset10-model", num_neurons=3, num_units=4, num_output=2)
+try:
+    pickle.dumps(model)
+    raise SystemExit("pickled before registration: the test no longer tests anything")
+except pickle.PicklingError:
+    pass
+cebra_halfunet.HalfUNetRegressor(latent_dim=8, max_epochs=1, ensemble_size=1).fit(
+    np.zeros((4, 2), np.float32), np.zeros((4, 8, 16), np.float32))
+loaded = pickle.loads(pickle.dumps(model))
+assert type(loaded) is type(model)
+x = torch.randn(1, 3, 10)
+assert torch.equal(loaded(x), model(x))
+print("pickled")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert result.returncode == 0 and result.stdout.strip() == "pickled", result.stderr

@@ -4,7 +4,9 @@ matplotlib.use("Agg")
 
 import numpy as np
 import pytest
+import torch
 from matplotlib.figure import Figure
+from sklearn.exceptions import NotFittedError
 
 from cebra_halfunet import HalfUNetRegressor
 from cebra_halfunet.datasets import make_moving_blobs, make_natural_movie_v1
@@ -161,3 +163,37 @@ def test_chunked_nearest_neighbours_predict_as_scikit_learn():
     assert chunked.chunk < len(z_test) and len(z_test) % chunked.chunk  # several chunks, the last one short
     expected = KNeighborsRegressor(n_neighbors=20).fit(z_train, y_train).predict(z_test)
     np.testing.assert_allclose(chunked.predict(z_test), expected)
+
+
+def _shown(figure):
+    """The arrays that the figure's axes display, row by row."""
+    return [axis.get_images()[0].get_array() for axis in figure.axes]
+
+
+def test_plots_read_every_layout_fit_accepts_on_the_originals_range():
+    rng = np.random.default_rng(0)
+    frames = rng.uniform(20, 230, size=(6, 3, 8, 16))  # float RGB in 0-255
+    reconstructions = frames[::-1] + rng.normal(0, 5, size=frames.shape)
+    shown = _shown(plot_reconstructions(frames, reconstructions, indices=[0, 2]))
+    low, high = frames[[0, 2]].min(), frames[[0, 2]].max()
+    np.testing.assert_allclose(shown[0], np.moveaxis((frames[0] - low) / (high - low), 0, -1))
+    np.testing.assert_allclose(shown[2], np.clip(np.moveaxis((reconstructions[0] - low) / (high - low), 0, -1), 0, 1))
+    assert 0.2 < np.mean(shown[0]) < 0.8, "0-255 floats are not clipped to white"
+
+    channels_last = np.moveaxis(frames, 1, -1)
+    flat = frames.reshape(6, -1)
+    uint8 = channels_last.round().astype(np.uint8)
+    for images, kwargs in [(channels_last, {}), (flat, {"output_shape": (8, 16)}), (torch.from_numpy(frames), {})]:
+        for expected, actual in zip(shown, _shown(plot_reconstructions(images, images, indices=[0, 2], **kwargs))[:2]):
+            np.testing.assert_allclose(actual, expected)
+    assert _shown(plot_reconstructions(uint8, uint8, indices=[0]))[0].shape == (8, 16, 3)
+    gray = _shown(plot_reconstructions(frames[:, 0].reshape(6, -1), frames[:, 0].reshape(6, -1), indices=[1],
+                                       output_shape=(8, 16)))
+    assert gray[0].shape == (8, 16)
+    with pytest.raises(ValueError, match="output_shape"):
+        plot_reconstructions(flat, flat)
+
+
+def test_learning_curve_of_an_unfitted_estimator_says_so():
+    with pytest.raises(NotFittedError):
+        plot_learning_curve(HalfUNetRegressor())
