@@ -204,7 +204,9 @@ def release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def median_seconds(calls: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int = 0) -> dict[str, float]:
+def median_seconds(
+    calls: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int = 0
+) -> dict[str, float]:
     """Median wall time of each call over ``repeats`` interleaved rounds, after ``warmup``
     untimed rounds; the device is synchronized before and after each call, since its work is
     asynchronous."""
@@ -271,7 +273,9 @@ def forward_gflops(embedding: int, latent: int, shape: tuple[int, int]) -> float
 
 
 # --------------------------------------------------------------------------- data
-def make_data(n: int, shape: tuple[int, int], embedding: int, seed: int = 0, dtype=np.uint8) -> tuple[np.ndarray, np.ndarray]:
+def make_data(
+    n: int, shape: tuple[int, int], embedding: int, seed: int = 0, dtype=np.uint8
+) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings ``(n, embedding)`` float32 and frames ``(n, 1, H, W)`` that depend on them:
     a random linear map of the embedding to a coarse 4 x 8 grid of brightness, enlarged to
     ``(H, W)``; uint8 (0-255) or float32 (0-1)."""
@@ -322,7 +326,8 @@ def plain_training(module: torch.nn.Module, X: np.ndarray, Y: np.ndarray, epochs
     X, Y = torch.from_numpy(X).to(device), torch.from_numpy(Y).to(device)
     generator = torch.Generator().manual_seed(0)
     for _ in range(epochs):
-        train_steps(module, optimizer, X, Y, torch.randperm(len(X), generator=generator).to(device).split(batch_size), device)
+        order = torch.randperm(len(X), generator=generator).to(device)
+        train_steps(module, optimizer, X, Y, order.split(batch_size), device)
 
 
 @torch.no_grad()
@@ -371,10 +376,10 @@ def training_rate(model: Callable, parameters, plan: Plan, device: torch.device,
     generator = torch.Generator().manual_seed(0)
     batches = [torch.randint(len(X), (batch,), generator=generator).to(device) for _ in range(steps)]
     optimizer = torch.optim.AdamW(parameters, lr=1e-3, weight_decay=1e-4)
-    warmup = median_seconds({"warm-up": lambda: train_steps(model, optimizer, X, Y, batches[:2], device, autocast, scaler)}, device, 1)
-    seconds = median_seconds({"steps": lambda: train_steps(model, optimizer, X, Y, batches, device, autocast, scaler)}, device, plan.repeats)
-    loss = train_steps(model, optimizer, X, Y, batches[:1], device, autocast, scaler)
-    return Rate(steps * batch / seconds["steps"], warmup["warm-up"], float(loss))
+    run = functools.partial(train_steps, model, optimizer, X, Y, device=device, autocast=autocast, scaler=scaler)
+    warmup = median_seconds({"warm-up": functools.partial(run, batches[:2])}, device, 1)["warm-up"]
+    seconds = median_seconds({"steps": functools.partial(run, batches)}, device, plan.repeats)["steps"]
+    return Rate(steps * batch / seconds, warmup, float(run(batches[:1])))
 
 
 def light_decoder(plan: Plan, shape: tuple[int, int], device: torch.device) -> HalfUNetDecoder:
@@ -403,11 +408,13 @@ def check_predictions_match_cpu(report: Report, plan: Plan, device: torch.device
         model = HalfUNetRegressor(max_epochs=1, device="cpu", random_state=0, **params).fit(X, Y)
         reference = model.predict(X)
         mean_frame = reference.mean(axis=0)
-        with backend_flags(torch.backends.cuda.matmul, allow_tf32=True), backend_flags(torch.backends.cudnn, allow_tf32=True):
+        with (backend_flags(torch.backends.cuda.matmul, allow_tf32=True),
+              backend_flags(torch.backends.cudnn, allow_tf32=True)):
             for (precision, channels_last), limit in zip(
                 [("float32", False), ("float32", True), ("bfloat16", False), ("bfloat16", True)], [1e-3, 1e-3, 1e-2, 1e-2]
             ):
-                prediction = model.set_params(device=str(device), precision=precision, channels_last=channels_last).predict(X)
+                model.set_params(device=str(device), precision=precision, channels_last=channels_last)
+                prediction = model.predict(X)
                 error = relative_error(prediction, reference)
                 rows.append([body, precision, "channels_last" if channels_last else "standard", f"{error:.1e}",
                              f"{relative_error(prediction - mean_frame, reference - mean_frame):.1e}", f"{limit:.0e}"])
@@ -526,7 +533,8 @@ def check_grid_search_past_out_of_memory(report: Report, plan: Plan, device: tor
         search.fit(X, Y)
     scores = search.cv_results_["mean_test_score"]
     said = any("ran out of GPU memory" in str(w.message) for w in caught)
-    report.verdict("GridSearchCV(error_score=np.nan) goes on past it", bool(np.isnan(scores[0]) and np.isfinite(scores[1]) and said),
+    passed = bool(np.isnan(scores[0]) and np.isfinite(scores[1]) and said)
+    report.verdict("GridSearchCV(error_score=np.nan) goes on past it", passed,
                    f"scores {scores.tolist()}; the FitFailedWarning carries the estimator's message: {said}")
 
 
@@ -553,23 +561,24 @@ def measure_fit_against_plain_loop(report: Report, plan: Plan, device: torch.dev
         epochs = plan.long_epochs
         per_epoch = [(seconds[f"{how} {epochs}"] - seconds[f"{how} 1"]) / (epochs - 1) for how in ("plain", "fit")]
         gflops = plan.ensemble_size * forward_gflops(plan.embedding, latent, plan.shape)
-        for label, plain, fit in ((1, seconds["plain 1"], seconds["fit 1"]), (epochs, seconds[f"plain {epochs}"], seconds[f"fit {epochs}"]),
+        for label, plain, fit in ((1, seconds["plain 1"], seconds["fit 1"]),
+                                  (epochs, seconds[f"plain {epochs}"], seconds[f"fit {epochs}"]),
                                   ("per further epoch", *per_epoch)):
-            epochs_timed = 1 if label == "per further epoch" else label
-            tflops, share = utilisation(report, n * epochs_timed / fit, gflops)
-            speed_rows.append([body, n, label, fmt(plain, 2), fmt(fit, 2), fmt(plain / fit, 2), f"{fmt(tflops, 2)} ({fmt(share, 1)}%)"])
+            tflops, share = utilisation(report, n * (1 if label == "per further epoch" else label) / fit, gflops)
+            speed_rows.append([body, n, label, fmt(plain, 2), fmt(fit, 2), fmt(plain / fit, 2),
+                               f"{fmt(tflops, 2)} ({fmt(share, 1)}%)"])
         share = utilisation(report, n * epochs / seconds[f"fit {epochs}"], gflops)[1]
         ratios.append((body, seconds[f"plain {epochs}"] / seconds[f"fit {epochs}"], share))
         report.rates[f"fit, default setting, {body} body, {epochs} epochs"] = (n * epochs / seconds[f"fit {epochs}"], gflops)
         report.rates[f"plain loop, same network, {body} body"] = (n * epochs / seconds[f"plain {epochs}"], gflops)
 
-        predict = median_seconds({"ours": functools.partial(fits[1].predict, X),
-                                  "plain": functools.partial(plain_prediction, copy.deepcopy(module), X, params["batch_size"], device)},
-                                 device, plan.repeats, warmup=1)
+        plain_predict = functools.partial(plain_prediction, copy.deepcopy(module), X, params["batch_size"], device)
+        ours_predict = functools.partial(fits[1].predict, X)
+        predict = median_seconds({"ours": ours_predict, "plain": plain_predict}, device, plan.repeats, warmup=1)
         fit_peak = peak_memory_mib(device, functools.partial(fits[1].fit, X, Y))
-        predict_peak = peak_memory_mib(device, functools.partial(fits[1].predict, X))
-        predict_rows.append([body, fmt(n / predict["ours"], 0), fmt(n / predict["plain"], 0), fmt(predict["plain"] / predict["ours"], 2),
-                             fmt(fit_peak, 0), fmt(predict_peak, 0)])
+        predict_peak = peak_memory_mib(device, ours_predict)
+        predict_rows.append([body, fmt(n / predict["ours"], 0), fmt(n / predict["plain"], 0),
+                             fmt(predict["plain"] / predict["ours"], 2), fmt(fit_peak, 0), fmt(predict_peak, 0)])
     shape = f"{plan.shape[0]}x{plan.shape[1]}"
     report.table(["body", "samples", "epochs", "plain loop (s)", "fit (s)", "fit speed / plain loop",
                   "fit TFLOP/s (% of bf16 matmul)"], speed_rows,
@@ -582,7 +591,8 @@ def measure_fit_against_plain_loop(report: Report, plan: Plan, device: torch.dev
                   "peak GPU memory, predict (MiB)"], predict_rows,
                  f"predict at batch_size 32 on the same {shape} frames, uint8 out, median of {plan.repeats} after a warm-up.")
     for body, ratio, share in ratios:
-        report.verdict(f"fit >= 0.95 of the plain loop ({body} body, {plan.long_epochs} epochs)", ratio >= 0.95, f"{ratio:.2f}", target=True)
+        report.verdict(f"fit >= 0.95 of the plain loop ({body} body, {plan.long_epochs} epochs)", ratio >= 0.95,
+                       f"{ratio:.2f}", target=True)
         if body == "light":
             report.verdict(f"the light body at {shape} (fit, {plan.long_epochs} epochs, default setting) reaches 25% of the bf16 "
                            "matrix-product rate", share >= 25, f"{share:.1f}%", target=True)
@@ -598,7 +608,8 @@ def measure_epoch(report: Report, plan: Plan, device: torch.device) -> None:
     shape = f"{plan.shape[0]}x{plan.shape[1]}"
     report.add(f"fit(max_epochs=1) over {plan.epoch_samples:,} uint8 frames at {shape}, default setting: {seconds:.1f} s "
                f"in all, of which {epoch:.1f} s the epoch (training on 90%, validation on 10%).\n")
-    report.verdict(f"one epoch over {plan.epoch_samples:,} frames at {shape} in under 15 s", seconds < 15, f"{seconds:.1f} s", target=True)
+    report.verdict(f"one epoch over {plan.epoch_samples:,} frames at {shape} in under 15 s", seconds < 15,
+                   f"{seconds:.1f} s", target=True)
     report.rates[f"fit, default setting, light body, {plan.epoch_samples:,} frames"] = (
         0.9 * plan.epoch_samples / epoch, plan.ensemble_size * forward_gflops(plan.embedding, plan.light, plan.shape))
 
@@ -619,22 +630,24 @@ def sweep_precision_and_layout(report: Report, plan: Plan, device: torch.device)
                     decoder = decoder.to(memory_format=torch.channels_last)
                 try:
                     with backend_flags(torch.backends.cudnn, benchmark=benchmark):
-                        rates[name] = training_rate(decoder, decoder.parameters(), plan, device, shape, batch, autocast).images_per_s
+                        rate = training_rate(decoder, decoder.parameters(), plan, device, shape, batch, autocast)
+                    rates[name] = rate.images_per_s
                 except torch.cuda.OutOfMemoryError:
                     rates[name] = None
                 del decoder
                 release(device)
             best = max(rates, key=lambda name: rates[name] or 0)
-            rows.append([f"{shape[0]}x{shape[1]}", batch, *(fmt(rates[name], 0) if rates[name] else "out of memory" for name in VARIANTS),
-                         f"{best}: {fmt((rates[best] or 0) / (rates['float32'] or np.nan), 2)}"])
+            cells = [fmt(rates[name], 0) if rates[name] else "out of memory" for name in VARIANTS]
+            gain = (rates[best] or 0) / (rates["float32"] or np.nan)
+            rows.append([f"{shape[0]}x{shape[1]}", batch, *cells, f"{best}: {fmt(gain, 2)}"])
             gflops = forward_gflops(plan.embedding, plan.light, shape)
             if shape == plan.shape and batch == plan.sweep_batches[0]:
                 for name in VARIANTS:
                     if rates[name]:
                         report.rates[f"one light decoder, {name}, batch {batch}"] = (rates[name], gflops)
             if rates[best] and (best_cell is None or rates[best] * gflops > best_cell[1] * best_cell[2]):
-                best_cell = (f"one light decoder, highest FLOP rate of the sweep: {best}, {shape[0]}x{shape[1]}, batch {batch}",
-                             rates[best], gflops)
+                label = f"one light decoder, highest FLOP rate of the sweep: {best}, {shape[0]}x{shape[1]}, batch {batch}"
+                best_cell = (label, rates[best], gflops)
     if best_cell:
         report.rates[best_cell[0]] = best_cell[1:]
     report.table(["frames", "batch", *(f"{name} (img/s)" for name in VARIANTS), "best / float32"], rows,
@@ -654,18 +667,21 @@ def measure_ensemble(report: Report, plan: Plan, device: torch.device) -> None:
         error = relative_error(vectorised(x).cpu(), sequential(x).cpu())
     single = copy.deepcopy(members[0]).to(device)
     batch = plan.sweep_batches[0]
-    rates = {
-        "one decoder": training_rate(single, single.parameters(), plan, device, plan.shape, batch).images_per_s,
-        "member by member (DecoderEnsemble, as fit)": training_rate(sequential, sequential.parameters(), plan, device, plan.shape, batch).images_per_s,
-        "vectorised (stack_module_state + vmap)": training_rate(vectorised, vectorised.parameters, plan, device, plan.shape, batch).images_per_s,
+    models = {
+        "one decoder": (single, single.parameters()),
+        "member by member (DecoderEnsemble, as fit)": (sequential, sequential.parameters()),
+        "vectorised (stack_module_state + vmap)": (vectorised, vectorised.parameters),
     }
+    rates = {name: training_rate(*model, plan, device, plan.shape, batch).images_per_s for name, model in models.items()}
     base = rates["member by member (DecoderEnsemble, as fit)"]
-    report.table(["training", "img/s", "vs member by member"], [[name, fmt(rate, 0), fmt(rate / base, 2)] for name, rate in rates.items()],
+    report.table(["training", "img/s", "vs member by member"],
+                 [[name, fmt(rate, 0), fmt(rate / base, 2)] for name, rate in rates.items()],
                  f"{plan.ensemble_size} light decoders at {plan.shape[0]}x{plan.shape[1]}, batch {batch}, float32, plain steps; "
                  f"images/s count each frame once (through every member). Vectorised output against member by member: "
                  f"relative error {error:.1e}.")
     gflops = plan.ensemble_size * forward_gflops(plan.embedding, plan.light, plan.shape)
-    report.rates[f"ensemble of {plan.ensemble_size}, vectorised, batch {batch}"] = (rates["vectorised (stack_module_state + vmap)"], gflops)
+    report.rates[f"ensemble of {plan.ensemble_size}, vectorised, batch {batch}"] = (
+        rates["vectorised (stack_module_state + vmap)"], gflops)
 
 
 def measure_compile(report: Report, plan: Plan, device: torch.device) -> None:
@@ -678,8 +694,8 @@ def measure_compile(report: Report, plan: Plan, device: torch.device) -> None:
     rates = {"eager": training_rate(eager, eager.parameters(), plan, device, plan.shape, batch),
              "torch.compile": training_rate(compiled, compiled.parameters(), plan, device, plan.shape, batch)}
     report.table(["training", "img/s", "vs eager", "first 2 steps (s)"],
-                 [[name, fmt(rate.images_per_s, 0), fmt(rate.images_per_s / rates["eager"].images_per_s, 2), fmt(rate.warmup_s, 1)]
-                  for name, rate in rates.items()],
+                 [[name, fmt(rate.images_per_s, 0), fmt(rate.images_per_s / rates["eager"].images_per_s, 2),
+                   fmt(rate.warmup_s, 1)] for name, rate in rates.items()],
                  f"One light decoder at {plan.shape[0]}x{plan.shape[1]}, batch {batch}, float32; the first 2 steps of "
                  "torch.compile include its compilation (a fixed batch size: no recompilation).")
     report.rates[f"one light decoder, torch.compile, batch {batch}"] = (
@@ -700,7 +716,8 @@ def measure_fp16(report: Report, plan: Plan, device: torch.device) -> None:
                      f"{scaler.get_scale():g}" if scaler else ""])
     report.table(["training", "img/s", "vs float32", "loss after the last step", "loss scale"], rows,
                  f"One light decoder at {plan.shape[0]}x{plan.shape[1]}, batch {batch}, plain steps.")
-    report.verdict("fp16 with a gradient scaler trains to a finite loss", bool(np.isfinite(rate.loss)), f"{rate.loss:.4f}", target=True)
+    report.verdict("fp16 with a gradient scaler trains to a finite loss", bool(np.isfinite(rate.loss)), f"{rate.loss:.4f}",
+                   target=True)
 
 
 # ------------------------------------------------------------------- 4. utilisation
@@ -722,9 +739,11 @@ def measure_utilisation(report: Report, plan: Plan, device: torch.device) -> Non
 CHECKS = [
     ("1. Correctness on the device", [
         Check("Device predictions against CPU predictions", check_predictions_match_cpu, 30, correctness=True),
-        Check("A decoder fitted on the device loads and predicts without CUDA", check_loads_without_cuda, 30, correctness=True),
+        Check("A decoder fitted on the device loads and predicts without CUDA", check_loads_without_cuda, 30,
+              correctness=True),
         Check("A real out-of-memory in fit", check_out_of_memory, 20, correctness=True, needs_gpu=True),
-        Check("GridSearchCV past an out-of-memory", check_grid_search_past_out_of_memory, 30, correctness=True, needs_gpu=True),
+        Check("GridSearchCV past an out-of-memory", check_grid_search_past_out_of_memory, 30, correctness=True,
+              needs_gpu=True),
     ]),
     ("2. The default setting", [
         Check("fit against a plain PyTorch loop; prediction; peak memory", measure_fit_against_plain_loop, 40),
@@ -754,14 +773,16 @@ def describe(device: torch.device, budget_s: float, argv: list[str]) -> str:
         f"Command: `python {' '.join(['benchmarks/gpu_check.py', *argv])}`",
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; budget {budget_s:.0f} s",
         f"Python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}, cuDNN "
-        f"{torch.backends.cudnn.version()}), {versions}; cebra {'importable' if importlib.util.find_spec('cebra') else 'absent'}",
+        f"{torch.backends.cudnn.version()}), {versions}; "
+        f"cebra {'importable' if importlib.util.find_spec('cebra') else 'absent'}",
         f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
     ]
     if device.type == "cuda":
         properties = torch.cuda.get_device_properties(device)
-        lines.append(f"Device: {properties.name}, {properties.total_memory / 2**30:.1f} GiB, {properties.multi_processor_count} "
-                     f"multiprocessors, bf16 {torch.cuda.is_bf16_supported()}; TF32 matmul {torch.backends.cuda.matmul.allow_tf32}, "
-                     f"TF32 cuDNN {torch.backends.cudnn.allow_tf32}, cudnn.benchmark {torch.backends.cudnn.benchmark}")
+        lines.append(f"Device: {properties.name}, {properties.total_memory / 2**30:.1f} GiB, "
+                     f"{properties.multi_processor_count} multiprocessors, bf16 {torch.cuda.is_bf16_supported()}; "
+                     f"TF32 matmul {torch.backends.cuda.matmul.allow_tf32}, TF32 cuDNN {torch.backends.cudnn.allow_tf32}, "
+                     f"cudnn.benchmark {torch.backends.cudnn.benchmark}")
     else:
         lines.append("Device: the CPU (no GPU: the device checks compare the CPU with itself, exercising the code only)")
     return "  \n".join(lines)
@@ -792,7 +813,8 @@ def main(argv: list[str] | None = None) -> int:
             report.reserve_s = sum(later.cost_s for later in checks[checks.index(check) + 1 :])
             run_check(report, check, plan, device)
     report.section("Summary")
-    report.add(f"Correctness failures: {', '.join(report.failures) or 'none'}. {report.remaining():.0f} s of the budget left.")
+    report.add(f"Correctness failures: {', '.join(report.failures) or 'none'}. "
+               f"{report.remaining():.0f} s of the budget left.")
     return 1 if report.failures else 0
 
 
