@@ -5,7 +5,12 @@ The one device call (the GPU image has torch 2.11 + CUDA 13 and no cebra; run it
 repository root, with ``timeout_s`` about 450 so that a 15-minute lease leaves time for a rerun
 with a smaller ``--budget-s``)::
 
-    PYTHONPATH=. PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --budget-s 360 --out $OUT 2>&1 | tee $OUT/gpu_check.log
+    set -o pipefail; PYTHONPATH=. PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --budget-s 360 --out $OUT 2>&1 | tee $OUT/gpu_check.log
+
+Nothing needs to be carried: the check imports only torch, numpy, scikit-learn, joblib,
+safetensors, tqdm and their dependencies (all in that image) and the package from the source
+tree; no matplotlib, no cebra. Its report then goes into ``benchmarks/RESULTS.md`` ("GPU
+check") and the README's "On a GPU" table.
 
 Quick mode, on the CPU at tiny sizes in under a minute (``tests/test_gpu_check.py`` runs it)::
 
@@ -63,6 +68,7 @@ from sklearn.model_selection import GridSearchCV
 from torch.func import functional_call, stack_module_state
 from torch.utils.flop_counter import FlopCounterMode
 
+from _results import machine
 from cebra_halfunet import HalfUNetDecoder, HalfUNetRegressor
 from cebra_halfunet.networks import DecoderEnsemble
 
@@ -775,7 +781,7 @@ def describe(device: torch.device, budget_s: float, argv: list[str]) -> str:
         f"Python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}, cuDNN "
         f"{torch.backends.cudnn.version()}), {versions}; "
         f"cebra {'importable' if importlib.util.find_spec('cebra') else 'absent'}",
-        f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
+        f"Machine: {machine()}; {torch.get_num_threads()} torch threads",
     ]
     if device.type == "cuda":
         properties = torch.cuda.get_device_properties(device)
