@@ -492,8 +492,10 @@ def activation_bytes_per_sample(embedding: int, latent: int, shape: tuple[int, i
 
 def absurd_batch(plan: Plan, device: torch.device) -> int:
     """A batch size whose activations, for the default ensemble of large bodies at
-    ``plan.oom_shape``, need about twice the GPU's memory (and no single tensor reaches 2^31
-    elements, where some kernels refuse to run rather than run out of memory)."""
+    ``plan.oom_shape``, need about twice the GPU's memory. Spread over the members, each
+    tensor stays small: at 256x512 the largest holds about 2 M elements per sample, so fewer
+    than 2^31 (where some kernels refuse to run rather than run out of memory) up to a batch
+    of 1,000, about what a 141 GB GPU gets."""
     per_sample = activation_bytes_per_sample(plan.embedding, plan.large, plan.oom_shape, device)
     return int(np.ceil(2 * torch.cuda.get_device_properties(device).total_memory / (plan.ensemble_size * per_sample)))
 
