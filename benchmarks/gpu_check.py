@@ -46,7 +46,6 @@ import datetime
 import functools
 import gc
 import importlib.metadata
-import importlib.util
 import os
 import platform
 import statistics
@@ -771,18 +770,18 @@ def installed_version(name: str) -> str:
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
-        return "(no metadata)"
+        return "(not installed)"
 
 
 def describe(device: torch.device, budget_s: float, argv: list[str]) -> str:
     """The report's header: command, date, device, versions."""
-    versions = ", ".join(f"{name} {installed_version(name)}" for name in ("numpy", "scikit-learn", "safetensors", "joblib"))
+    packages = ("numpy", "scikit-learn", "safetensors", "joblib", "cebra")
+    versions = ", ".join(f"{name} {installed_version(name)}" for name in packages)
     lines = [
         f"Command: `python {' '.join(['benchmarks/gpu_check.py', *argv])}`",
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; budget {budget_s:.0f} s",
         f"Python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}, cuDNN "
-        f"{torch.backends.cudnn.version()}), {versions}; "
-        f"cebra {'importable' if importlib.util.find_spec('cebra') else 'absent'}",
+        f"{torch.backends.cudnn.version()}), {versions}",
         f"Machine: {machine()}; {torch.get_num_threads()} torch threads",
     ]
     if device.type == "cuda":
