@@ -49,7 +49,7 @@ def _empty_model(name: str):
 def register_cebra_pickling() -> None:
     """Register the reducers if cebra is imported (once; does nothing otherwise)."""
     global _registered
-    if _registered or "cebra" not in sys.modules:
+    if _registered or sys.modules.get("cebra") is None:  # None: an import of cebra was blocked
         return
     for name, cls in _model_classes().items():
         if not _found_by_name(cls):
