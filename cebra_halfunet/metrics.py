@@ -131,9 +131,10 @@ def pooled_r2(y_true: np.ndarray, y_pred: np.ndarray, sample_weight=None) -> flo
 
 
 # ------------------------------------------------------------- identification
-#: Correlations closer than this count as ties: a dot product's rounding depends on where
-#: the pair falls in a matrix product, so bit-identical images need not give equal values.
-_TIE = 1e-9
+#: Correlations closer than this count as ties. They are float32 products of unit vectors, whose
+#: rounding depends on where a pair falls in the matrix product: copies of one frame need not
+#: give bit-equal values.
+_TIE = 1e-5
 
 
 def _check_window(window) -> int:
@@ -181,7 +182,7 @@ class FrameMatches:
     ----------
     below, tied : ndarray of int, ``(N,)``
         Distractor frames that reconstruction ``i`` correlates with less than with its own
-        frame / equally (within 1e-9).
+        frame / equally (within 1e-5).
     distractors : ndarray of int, ``(N,)``
         Candidate frames that are not copies of its own (another ``frame_index``).
     window_hits : ndarray of float, ``(N,)``, or None
@@ -217,7 +218,8 @@ class FrameMatches:
 
 def frame_matches(y_true, y_pred, frame_index=None, window: int | None = None) -> FrameMatches:
     """Compare every reconstruction ``y_pred[i]`` with every true frame ``y_true[j]`` by pixel
-    correlation, in chunks of 256 x N correlations (no N x N matrix is held).
+    correlation (float32), in chunks of 256 x N correlations: no N x N matrix is held, and the
+    standardized true frames take the memory of ``y_true`` as float32.
 
     Parameters
     ----------
@@ -229,14 +231,17 @@ def frame_matches(y_true, y_pred, frame_index=None, window: int | None = None) -
     window : int, optional
         Compute ``window_hits`` for this window (in frames).
     """
+    y_true, y_pred = as_array(y_true, "y_true"), as_array(y_pred, "y_pred")
     n = _check_pair(y_true, y_pred)
     frames = check_frame_index(frame_index, n)
     window = None if window is None else _check_window(window)
+    candidates = np.empty((n, int(np.prod(y_true.shape[1:]))), dtype=np.float32)
+    for start, stop in _spans(n):
+        candidates[start:stop] = _standardized(y_true, start, stop)
     below, tied = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
     hits = None if window is None else np.empty(n)
     for start, stop in _spans(n):
-        predicted = _standardized(y_pred, start, stop)
-        correlation = np.concatenate([predicted @ _standardized(y_true, *span).T for span in _spans(n)], axis=1)
+        correlation = _standardized(y_pred, start, stop).astype(np.float32) @ candidates.T
         rows = np.arange(start, stop)
         own = correlation[rows - start, rows][:, None]
         distractor = frames[None, :] != frames[rows, None]
