@@ -17,6 +17,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from ._checks import check_positive_int
 from .metrics import (
     check_frame_index,
     final_regressor,
@@ -128,9 +129,10 @@ def decorrelation(images, random_state=None) -> tuple[int, float]:
 
 
 def _control_shifts(images, n_shifts: int, rng) -> np.ndarray:
-    """``n_shifts`` circular shifts of ``images`` (training targets) longer than their
-    decorrelation lag after which the shifted frames correlate with the originals no more
-    than unrelated frames do; a shift by a multiple of a repeat of the movie fails that."""
+    """``n_shifts`` circular shifts of the training targets ``images``, drawn at random between
+    their decorrelation lag and ``n - lag``, each kept only if the shifted frames correlate with
+    the originals no more than the threshold of :func:`decorrelation` (a shift by a whole repeat
+    of the movie does not pass)."""
     n = len(images)
     lag, threshold = decorrelation(images, rng)
     index, shifts = np.arange(n), []
@@ -242,9 +244,9 @@ def evaluate_decoder(
     from .baselines import mean_image, nearest_neighbours, ridge
 
     n_shuffles = _check_count(n_shuffles, "n_shuffles")
-    n_bootstrap = _check_count(n_bootstrap, "n_bootstrap")
-    if block_length is not None and _check_count(block_length, "block_length") == 0:
-        raise ValueError("block_length must be a positive integer, got 0.")
+    n_bootstrap = check_positive_int(n_bootstrap, "n_bootstrap")
+    if block_length is not None:
+        check_positive_int(block_length, "block_length")
     X_train, y_train, X_test, y_test = (as_array(a, name) for a, name in
                                         zip((X_train, y_train, X_test, y_test), ("X_train", "y_train", "X_test", "y_test")))
     for X, y, part in ((X_train, y_train, "train"), (X_test, y_test, "test")):

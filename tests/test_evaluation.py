@@ -272,3 +272,23 @@ def test_shift_control_avoids_repeats_of_the_movie():
     shifts = _control_shifts(y, 10, np.random.RandomState(0))
     lag = decorrelation(y, 0)[0]
     assert len(shifts) == 10 and all(min(s % 120, 120 - s % 120) >= lag for s in shifts)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"n_shuffles": -1}, ValueError, "n_shuffles"),
+        ({"n_bootstrap": 0}, ValueError, "n_bootstrap"),
+        ({"block_length": 0}, ValueError, "block_length"),
+        ({"window": -3}, ValueError, "window"),
+        ({"frame_index": np.arange(5)}, ValueError, "frame_index"),
+    ],
+)
+def test_evaluate_decoder_bad_arguments_before_fitting(data, kwargs, error, match):
+    z, y = data
+    Recorder.fits = []
+    with pytest.raises(error, match=match):
+        evaluate_decoder(make_pipeline(Recorder(), tiny_decoder()), z[:40], y[:40], z[40:], y[40:], **kwargs)
+    assert Recorder.fits == []
+    with pytest.raises(ValueError, match="X_test and y_test"):
+        evaluate_decoder(tiny_decoder(), z[:40], y[:40], z[40:], y[41:])
