@@ -158,7 +158,7 @@ def check_frame_index(frame_index, n: int) -> np.ndarray:
 def window_chance(n_samples: int, window: int, frame_index=None) -> float:
     """Chance level of :func:`window_accuracy`: the mean over images of the fraction of the
     ``n_samples`` candidates whose frame lies within ``window`` frames of the true one, about
-    ``(2 * window + 1) / n_frames`` (fewer at the ends of the movie)."""
+    ``(2 * window + 1) / n_frames`` (less at the ends of each stretch)."""
     frames = np.sort(check_frame_index(frame_index, n_samples))
     window = _check_window(window)
     near = np.searchsorted(frames, frames + window, side="right") - np.searchsorted(frames, frames - window, side="left")
@@ -274,7 +274,8 @@ def identification_accuracy(y_true, y_pred, n_way: int | None = 2, frame_index=N
     n_way : int >= 2 or None, default 2
     frame_index : array of int ``(N,)``, optional
         Stimulus frame number of each image: copies of the true frame (repeats of the movie)
-        are not distractors. ``None``: every image is its own frame.
+        are not distractors; every image of another frame is one (a frame shown in every
+        repeat is drawn as often as each repeat). ``None``: every image is its own frame.
     """
     return float(np.mean(frame_matches(y_true, y_pred, frame_index).identification(n_way)))
 
