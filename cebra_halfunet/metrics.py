@@ -265,7 +265,8 @@ def identification_accuracy(y_true, y_pred, n_way: int | None = 2, frame_index=N
     (half, for 2-way). ``n_way=None``: top-1 among all frames.
 
     Chance is ``1 / n_way`` (0.5 for 2-way); for ``n_way=None`` it is ``1 / (distractors + 1)``,
-    ``1 / n_frames`` for distinct frames. Constant predictions score exactly chance.
+    ``1 / n_frames`` for distinct frames. A prediction that ignores the input (the same
+    image for every sample, such as the mean image) scores exactly chance for distinct frames.
 
     Parameters
     ----------

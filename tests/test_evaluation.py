@@ -49,6 +49,9 @@ def test_constant_predictions_score_exactly_chance():
         assert identification_accuracy(y, constant, n_way=n_way) == pytest.approx(chance, abs=EXACT)
     for window in (0, 3, 10):
         assert window_accuracy(y, constant, window) == pytest.approx(window_chance(30, window), abs=EXACT)
+    same = np.broadcast_to(frames(n=1, seed=5), y.shape)  # one image for every sample, as the mean image
+    for n_way, chance in [(2, 1 / 2), (5, 1 / 5), (None, 1 / 30)]:
+        assert identification_accuracy(y, same, n_way=n_way) == pytest.approx(chance, abs=EXACT)
     assert window_chance(30, 3) == pytest.approx(sum(min(i + 3, 29) - max(i - 3, 0) + 1 for i in range(30)) / 30**2)
 
 
