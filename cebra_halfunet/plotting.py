@@ -1,4 +1,4 @@
-"""Figures (matplotlib, imported on first use): reconstructions and learning curves."""
+"""Figures (matplotlib, imported on first use): reconstructions, learning curves and per-frame scores."""
 
 from __future__ import annotations
 
@@ -114,5 +114,32 @@ def plot_learning_curve(history, loss_name: str | None = None):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"{loss_name} loss" if loss_name else "loss")
     ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_frame_scores(report, metrics=("pixel corr", "2-way id"), rows=None):
+    """Per-frame scores of a :class:`~cebra_halfunet.DecoderReport` over the test samples,
+    one panel per metric, one line per row (running mean over the report's bootstrap block),
+    with the chance level dashed where there is one.
+
+    ``rows``: names of the report's rows to draw; default all. Returns the matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    rows = report.rows if rows is None else rows
+    kernel = np.ones(report.block_length) / report.block_length
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(9, 2.6 * len(metrics)), sharex=True, squeeze=False)
+    for ax, metric in zip(axes[:, 0], metrics):
+        column = report.metrics.index(metric)
+        for row in rows:
+            values = report.per_frame[report.rows.index(row), column]
+            if not np.isnan(values).all():
+                ax.plot(np.convolve(values, kernel, mode="same"), label=row, linewidth=1)
+        if not np.isnan(report.chance[column]):
+            ax.axhline(report.chance[column], color="gray", linestyle="--", label="chance")
+        ax.set_ylabel(metric if metric != "window acc" else f"within ±{report.window} frames")
+    axes[-1, 0].set_xlabel(f"test sample (time order; running mean over {report.block_length})")
+    axes[0, 0].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig

@@ -132,15 +132,17 @@ def test_plots_return_figures_and_save(tmp_path):
 def test_demo_runs_end_to_end(tmp_path, capsys):
     from cebra_halfunet.demo import main
 
-    scores = main(["--size", "8", "16", "--frames", "200", "--repeats", "2", "--neurons", "40", "--epochs", "2", "--cebra-iterations", "5",
+    report = main(["--size", "8", "16", "--frames", "200", "--repeats", "2", "--neurons", "40", "--epochs", "2", "--cebra-iterations", "5",
                    "--cebra-temperature", "0.5", "--latent-dim", "16", "--ensemble-size", "2", "--device", "cpu", "--out", str(tmp_path)])
-    assert list(scores) == ["mean image", "ridge (cebra ridge_decoding)", "kNN (grid over k, metric)",
-                            "MLP (cebra mlp_decoding)", "HalfUNetRegressor"]
-    # tiny 8x16 views can repeat exactly, so a nearest neighbour may score PSNR = inf
-    assert all(np.isfinite(values[0]) and np.isfinite(values[2]) and not np.isnan(values[1]) for values in scores.values())
-    assert (tmp_path / "reconstruction_results.png").exists() and (tmp_path / "learning_curve.png").exists()
+    assert report.rows == ("HalfUNetRegressor", "mean image", "ridge (cebra ridge_decoding)", "kNN (grid over k, metric)",
+                           "MLP (cebra mlp_decoding)")
+    assert np.isfinite(report.mean).all() and np.all((report.low <= report.mean + 1e-9) & (report.mean <= report.high + 1e-9))
+    assert report.window == 15 and report.per_frame.shape[-1] == 80  # 40 held-out frames, 2 repeats
+    for name in ("reconstruction_results.png", "learning_curve.png", "frame_scores.png"):
+        assert (tmp_path / name).exists()
     out = capsys.readouterr().out
-    assert "SSIM" in out and "40 V1 neurons" in out and "CEBRA (temperature 0.5)" in out and "(2 decoders, l1)" in out
+    assert "2-way id" in out and "40 V1 neurons" in out and "CEBRA (temperature 0.5)" in out and "(2 decoders, l1)" in out
+    assert "--controls 1" in out  # controls are offered, not run
 
 
 def test_demo_decodes_with_the_estimators_defaults():
@@ -197,3 +199,19 @@ def test_plots_read_every_layout_fit_accepts_on_the_originals_range():
 def test_learning_curve_of_an_unfitted_estimator_says_so():
     with pytest.raises(NotFittedError):
         plot_learning_curve(HalfUNetRegressor())
+
+
+def test_frame_scores_plot(tmp_path):
+    from cebra_halfunet import evaluate_decoder
+    from cebra_halfunet.baselines import mean_image
+    from cebra_halfunet.plotting import plot_frame_scores
+
+    data = make_moving_blobs(60, (8, 16), seed=0)
+    model = HalfUNetRegressor(latent_dim=8, ensemble_size=1, max_epochs=1, random_state=0).fit(data.latents[:40], data.frames[:40])
+    report = evaluate_decoder(model, data.latents[:40], data.frames[:40], data.latents[40:], data.frames[40:], window=2,
+                              baselines={"mean image": mean_image}, n_shuffles=0, block_length=3)
+    figure = plot_frame_scores(report, metrics=("pixel corr", "2-way id", "window acc"))
+    assert isinstance(figure, Figure) and len(figure.axes) == 3
+    assert len(figure.axes[1].lines) == 3  # two rows and the chance line
+    figure.savefig(tmp_path / "scores.png")
+    assert (tmp_path / "scores.png").stat().st_size > 0
