@@ -92,7 +92,8 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         embedding leaves the frame uncertain it is sharper than ``"mse"``'s mean, and on
         held-out frames of the built-in movie it scored a higher SSIM at about the same
         PSNR. ``"bce"`` needs targets in [0, 1] (binary images); predictions are then
-        probabilities, float whatever the target dtype. ``"l1_ssim"`` (0.84 SSIM + 0.16 L1) gives the sharpest frames.
+        probabilities, float whatever the target dtype. ``"l1_ssim"`` (0.84 SSIM + 0.16
+        L1) gives the sharpest frames.
     lr : float, default 1e-3
         AdamW learning rate.
     batch_size : int, default 32
@@ -547,6 +548,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         """Mean training loss of the fitted decoder over ``(X, y)``, in network units
         (the way ``history_``'s ``valid_loss`` is measured: eval mode, no noise)."""
         check_is_fitted(self, "module_")
+        check_numbers(X, "X")
         X = validate_data(self, X, reset=False, dtype=np.float32)
         y = as_array(y, "y")
         targets = self.target_format_.to_tensor(self.target_format_.to_images(y))
