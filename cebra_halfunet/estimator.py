@@ -338,7 +338,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         if len(y) != len(X):
             raise ValueError(f"X and y must have the same number of samples, got {len(X)} and {len(y)}.")
         target_format = TargetFormat.infer(y, output_shape, self.output_channels, self.target_layout)
-        if incremental and target_format.layout != self.target_format_.layout:
+        if incremental and target_format.form != self.target_format_.form:
             raise ValueError(
                 f"y must have the form of the targets the decoder was fitted on ({self.target_format_}), "
                 f"got {target_format}."

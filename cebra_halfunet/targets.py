@@ -189,8 +189,9 @@ class TargetFormat:
         return replace(self, binary=binary, probabilities=probabilities, value_range=(scan.low, scan.high))
 
     @property
-    def layout(self) -> tuple:
-        """What must stay the same between ``fit`` and the ``partial_fit`` that continues it."""
+    def form(self) -> tuple:
+        """Rank, channels, image shape, dtype and layout: what must stay the same between
+        ``fit`` and the ``partial_fit`` that continues it."""
         return self.ndim, self.channels, self.shape, self.dtype, self.channels_last
 
     def widened(self, scan: TargetScan) -> TargetFormat:
