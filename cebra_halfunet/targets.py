@@ -169,7 +169,7 @@ class TargetFormat:
                         f"as one row of pixels (a 1 x {size // channels} image), slowly and without the spatial "
                         "structure of images. Pass output_shape=(H, W) for flattened images.",
                         UserWarning,
-                        stacklevel=4,
+                        stacklevel=5,
                     )
         else:
             raise ValueError(
