@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numbers
 
+import numpy as np
+import torch
+
 
 def check_positive_int(value, name: str) -> int:
     """Return ``value`` as an ``int`` or raise if it is not a positive integer."""
@@ -27,3 +30,18 @@ def check_choice(value, choices, name: str):
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}.")
     return value
+
+
+def check_numbers(data, name: str) -> None:
+    """Raise a TypeError naming ``name`` if the array-like ``data`` holds strings or other
+    values that are not numbers (an object array is tried value by value)."""
+    if isinstance(data, torch.Tensor):
+        return
+    array = np.asarray(data)  # no copy for arrays
+    try:
+        if array.dtype.kind in "SUV":
+            raise ValueError(f"got dtype {array.dtype}")
+        if array.dtype == object and array.ndim:
+            array.astype(np.float64)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name} must hold real numbers (bool, integer or float): {error}.") from None

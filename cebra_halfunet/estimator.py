@@ -24,13 +24,13 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._cebra_pickling import register_cebra_pickling
-from ._checks import check_output_shape
+from ._checks import check_numbers, check_output_shape
 from .callbacks import Checkpoint, EarlyStopping, ProgressBar, WeightAveraging
 from .losses import LOSS_NAMES, make_loss, per_member
 from .metrics import pooled_r2
 from .networks import DecoderEnsemble, HalfUNetDecoder, ImageOutput
 from .persistence import _to_cpu, load_estimator, resume_checkpoint, save_checkpoint, save_estimator
-from .targets import TargetFormat, TargetScan, as_array, scan_targets
+from .targets import LAYOUTS, TargetFormat, TargetScan, as_array, scan_targets
 from .training import Trainer, TrainingState, catch_out_of_memory, resolve_device, validation_mask
 
 
@@ -65,7 +65,14 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         is decoded as a ``1 x F`` image (and a 1-d ``y`` as one value).
     output_channels : int or None, default None
         ``None``: from ``y`` (1 for ``(N, H, W)``). With flat ``y`` and ``output_shape``,
-        inferred as ``F / (H*W)``.
+        inferred as ``F / (H*W)``. Settles the layout of a 4-d ``y`` that reads both ways.
+    target_layout : {"auto", "channels_first", "channels_last"}, default "auto"
+        Layout of ``y``. ``"auto"``, for a 4-d ``y`` ``(N, A, B, L)``: channels-last when
+        ``L`` is 1, 3 or 4 and ``A`` is not; channels-first when ``A`` is and ``L`` is not,
+        or neither is; both raise a ValueError (state the layout), unless
+        ``output_channels`` or ``output_shape`` agree with one reading only. Flat ``y`` is
+        channels-first unless stated: ``"channels_last"`` reads it as flattened
+        ``(N, H, W, C)`` frames. Predictions come back in ``y``'s layout.
     latent_dim : int or None, default 512
         Width of the decoder's latent vector. ``None``: the embedding width.
     body : {"auto", "light", "large"}, default "auto"
@@ -85,7 +92,8 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         embedding leaves the frame uncertain it is sharper than ``"mse"``'s mean, and on
         held-out frames of the built-in movie it scored a higher SSIM at about the same
         PSNR. ``"bce"`` needs targets in [0, 1] (binary images); predictions are then
-        probabilities. ``"l1_ssim"`` (0.84 SSIM + 0.16 L1) gives the sharpest frames.
+        probabilities, float whatever the target dtype. ``"l1_ssim"`` (0.84 SSIM + 0.16
+        L1) gives the sharpest frames.
     lr : float, default 1e-3
         AdamW learning rate.
     batch_size : int, default 32
@@ -144,6 +152,10 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
     channels_last : bool, default False
         Train and predict with the convolution weights in channels-last memory layout
         (the fitted ``module_`` is returned to the standard layout).
+    clip_predictions : bool, default True
+        Clip predictions to the training targets' [min, max] (what ``imshow`` and image
+        writers expect); ``False`` returns the network's output as it is. Decoder files
+        saved before this parameter load with ``False``, and predict as they did.
     callbacks : list of Callback or None, default None
         Your own :class:`~cebra_halfunet.callbacks.Callback` objects (e.g. an
         :class:`~cebra_halfunet.callbacks.LRScheduler`), run after the built-in ones
@@ -158,7 +170,8 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         to images ``(B, C, H, W)`` in training units (for ``"bce"``, logits); for an
         ensemble, the mean of its decoders (``module_.decoder.members``).
     target_format_ : TargetFormat
-        Rank, image shape and dtype of ``y`` in ``fit``; ``predict`` returns this form.
+        Rank, image shape, layout and dtype of ``y`` in ``fit`` (``predict`` returns this
+        form), and the value rules: uint8 0/1 masks, probabilities, the training range.
     data_range_ : float
         Span of the target values (255 for uint8, 1 for images in [0, 1]); used by
         the SSIM loss and the image scorers.
@@ -193,6 +206,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
     _parameter_constraints = {
         "output_shape": [None, tuple, list],
         "output_channels": [None, Interval(Integral, 1, None, closed="left")],
+        "target_layout": [StrOptions(set(LAYOUTS))],
         "latent_dim": [None, Interval(Integral, 1, None, closed="left")],
         "body": [StrOptions({"auto", "light", "large"})],
         "ensemble_size": [Interval(Integral, 1, None, closed="left")],
@@ -215,6 +229,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         "checkpoint_every": [Interval(Integral, 1, None, closed="left")],
         "precision": [StrOptions({"float32", "bfloat16"})],
         "channels_last": ["boolean"],
+        "clip_predictions": ["boolean"],
         "callbacks": [None, list],
     }
 
@@ -222,6 +237,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         self,
         output_shape=None,
         output_channels=None,
+        target_layout="auto",
         latent_dim=512,
         body="auto",
         ensemble_size=3,
@@ -244,10 +260,12 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         checkpoint_every=1,
         precision="float32",
         channels_last=False,
+        clip_predictions=True,
         callbacks=None,
     ):
         self.output_shape = output_shape
         self.output_channels = output_channels
+        self.target_layout = target_layout
         self.latent_dim = latent_dim
         self.body = body
         self.ensemble_size = ensemble_size
@@ -270,6 +288,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         self.checkpoint_every = checkpoint_every
         self.precision = precision
         self.channels_last = channels_last
+        self.clip_predictions = clip_predictions
         self.callbacks = callbacks
 
     def __sklearn_tags__(self):
@@ -283,10 +302,11 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
     def fit(self, X, y):
         """Train the decoder on embeddings ``X`` ``(N, D)`` and images ``y``.
 
-        ``y``: ``(N, H, W)``, ``(N, C, H, W)`` or flat ``(N, C*H*W)`` with
-        ``output_shape``; NumPy array, tensor, or, for targets larger than memory, a memmap
-        or an array-like with ``shape``, ``dtype`` and ``__getitem__`` (h5py, zarr), read
-        batch by batch; uint8 is read as 0-255 images.
+        ``y``: ``(N, H, W)``, ``(N, C, H, W)``, ``(N, H, W, C)`` (see ``target_layout``) or
+        flat ``(N, C*H*W)`` with ``output_shape``; NumPy array, tensor, or, for targets
+        larger than memory, a memmap or an array-like with ``shape``, ``dtype`` and
+        ``__getitem__`` (h5py, zarr), read batch by batch; uint8 is read as 0-255 images,
+        uint8 holding only 0 and 1 as a 0/1 mask.
         With ``warm_start=True`` and a fitted decoder, training continues.
         """
         return self._fit(X, y, incremental=self.warm_start and hasattr(self, "module_"))
@@ -312,12 +332,13 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         resolve_device(self.device)
         if y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None.")
+        check_numbers(X, "X")
         X = validate_data(self, X, reset=not incremental, dtype=np.float32)
         y = as_array(y, "y")
         if len(y) != len(X):
             raise ValueError(f"X and y must have the same number of samples, got {len(X)} and {len(y)}.")
-        target_format = TargetFormat.infer(y, output_shape, self.output_channels)
-        if incremental and target_format != self.target_format_:
+        target_format = TargetFormat.infer(y, output_shape, self.output_channels, self.target_layout)
+        if incremental and target_format.form != self.target_format_.form:
             raise ValueError(
                 f"y must have the form of the targets the decoder was fitted on ({self.target_format_}), "
                 f"got {target_format}."
@@ -327,9 +348,16 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         held_out = validation_mask(len(X), n_valid)
         images = target_format.to_images(y)
         scan = scan_targets(images, held_out, "y")
+        if incremental:
+            target_format = self.target_format_.widened(scan)
+        else:
+            target_format = target_format.with_values(scan, probabilities=self.loss == "bce")
         low, high = scan.low * target_format.value_scale, scan.high * target_format.value_scale
         if self.loss == "bce" and (low < 0 or high > 1):
-            raise ValueError(f"loss='bce' needs targets in [0, 1], got values in [{scan.low}, {scan.high}].")
+            raise ValueError(
+                f"loss='bce' needs targets in [0, 1] (uint8 masks holding only 0 and 1 are read as 0/1), "
+                f"got values in [{scan.low}, {scan.high}]."
+            )
         if validate and (n_valid < 1 or len(X) - n_valid < 1):
             raise ValueError(
                 f"early_stopping needs at least one training and one validation sample "
@@ -346,6 +374,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         """Continue the fitted decoder, resume the checkpoint at ``checkpoint_path``, or
         build a fresh one; the state of a resumed run."""
         if incremental:
+            self.target_format_ = data.target_format  # the fitted rules, the range taking in this y
             return None
         if self.checkpoint_path is not None and os.path.exists(self.checkpoint_path):
             return resume_checkpoint(self, data.fingerprint)
@@ -446,11 +475,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         validation rows."""
         target_format, scan = data.target_format, data.scan
         self.target_format_ = target_format
-        if target_format.dtype == np.uint8:
-            self.data_range_ = 255.0
-        else:  # images in [0, 1] keep the conventional range 1; constant targets get 1 too
-            low, high = scan.low, scan.high
-            self.data_range_ = 1.0 if (0 <= low and high <= 1) or high == low else high - low
+        self.data_range_ = target_format.data_range
         self.seed_ = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         mean, std = scan.moments(target_format.value_scale)
         if self.loss == "bce":
@@ -506,21 +531,24 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         that runs out of GPU memory is retried with half the batch size (with a warning).
         """
         check_is_fitted(self, "module_")
+        check_numbers(X, "X")
         X = validate_data(self, X, reset=False, dtype=np.float32)
         target_format = self.target_format_
-        out = np.empty((len(X), target_format.channels, *target_format.shape), dtype=target_format.output_dtype)
+        out = np.empty((len(X), *target_format.sample_shape), dtype=target_format.output_dtype)
+        images = target_format.to_images(out)  # (N, C, H, W) view: batches are written in out's layout
         activation = torch.sigmoid if self.loss == "bce" else (lambda t: t)
         with self._on_device() as (module, trainer):
-            decode = lambda batch: target_format.decode_batch(activation(batch))  # noqa: E731
-            _, out_of_memory = catch_out_of_memory(lambda: trainer.predict_into(module, torch.from_numpy(X), out, decode))
+            decode = lambda batch: target_format.decode_batch(activation(batch), self.clip_predictions)  # noqa: E731
+            _, out_of_memory = catch_out_of_memory(lambda: trainer.predict_into(module, torch.from_numpy(X), images, decode))
         if out_of_memory:
             raise _out_of_memory("predict", "It failed even one sample at a time: predict with device='cpu'.")
-        return target_format.from_images(out)
+        return out
 
     def evaluate_loss(self, X, y) -> float:
         """Mean training loss of the fitted decoder over ``(X, y)``, in network units
         (the way ``history_``'s ``valid_loss`` is measured: eval mode, no noise)."""
         check_is_fitted(self, "module_")
+        check_numbers(X, "X")
         X = validate_data(self, X, reset=False, dtype=np.float32)
         y = as_array(y, "y")
         targets = self.target_format_.to_tensor(self.target_format_.to_images(y))

@@ -23,12 +23,15 @@ from .targets import TargetFormat
 from .training import TrainingState
 
 FORMAT_NAME = "cebra-halfunet"
-FORMAT_VERSION = 1
+#: 2: the target format keeps the layout (channels-last) and the value rules (uint8 masks,
+#: probabilities, the range predictions are clipped to); files of version 1 load as
+#: channels-first, without them, and predict as they did.
+FORMAT_VERSION = 2
 _HEADER_KEY = "cebra_halfunet"
 #: Fitted attributes stored as JSON in decoder files (besides the weights and target_format_).
 _FITTED_METADATA = ("data_range_", "seed_", "n_features_in_", "history_", "n_epochs_", "best_epoch_")
 #: Parameters of files written before they existed, with the value that rebuilds those decoders.
-_EARLIER_DEFAULTS = {"ensemble_size": 1, "body": "auto"}
+_EARLIER_DEFAULTS = {"ensemble_size": 1, "body": "auto", "target_layout": "channels_first", "clip_predictions": False}
 #: Parameters that may differ between a checkpointed run and the fit that resumes it.
 _RUN_ONLY_PARAMS = {"verbose", "device", "checkpoint_path", "checkpoint_every", "callbacks"}
 

@@ -7,9 +7,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from ._checks import check_output_shape
-
-#: Channel counts read as colour (a last axis of this size, the second not, is channels-last).
-_COLOUR_CHANNELS = (1, 3, 4)
+from .targets import COLOUR_CHANNELS
 
 
 def _as_images(images, name: str, output_shape) -> np.ndarray:
@@ -27,7 +25,7 @@ def _as_images(images, name: str, output_shape) -> np.ndarray:
     if images.ndim == 3:
         return images[:, None]
     if images.ndim == 4:
-        channels_last = images.shape[-1] in _COLOUR_CHANNELS and images.shape[1] not in _COLOUR_CHANNELS
+        channels_last = images.shape[-1] in COLOUR_CHANNELS and images.shape[1] not in COLOUR_CHANNELS
         return np.moveaxis(images, -1, 1) if channels_last else images
     raise ValueError(f"{name} must be (N, H, W), (N, C, H, W), (N, H, W, C) or flat (N, C*H*W), got shape {images.shape}.")
 

@@ -11,6 +11,7 @@ from safetensors.torch import safe_open, save_file
 from sklearn.exceptions import NotFittedError
 
 from cebra_halfunet import HalfUNetRegressor
+from cebra_halfunet.persistence import FORMAT_VERSION
 
 from .conftest import make_images
 
@@ -110,7 +111,7 @@ def test_altered_weights_fail_the_checksum(fitted, tmp_path):
         (lambda header: header["params"].update(lr=-1.0), "lr"),
         (lambda header: header["params"].update(evil="x"), "does not take"),
         (lambda header: header["fitted"]["target_format_"].update(dtype="|O"), "dtype"),
-        (lambda header: header.update(format_version=2), "Upgrade"),
+        (lambda header: header.update(format_version=FORMAT_VERSION + 1), "Upgrade"),
         (lambda header: header.update(format="something else"), "no cebra-halfunet header"),
         (lambda header: header.update(estimator="CEBRA"), "not a HalfUNetRegressor"),
         (lambda header: header["fitted"].pop("seed_"), "seed_"),

@@ -136,6 +136,7 @@ def targets(draw):
         images = (images > 0.5) if dtype == "bool" else images.astype(DTYPES[dtype])
     y = {"nchw": images, "nhw": images[:, 0] if channels == 1 else images, "flat": images.reshape(n, -1)}[form]
     kwargs = {"output_shape": (height, width), "output_channels": channels} if form == "flat" else {}
+    kwargs = kwargs | ({"target_layout": "channels_first"} if form == "nchw" else {})  # (N, 1, 3, 4) reads both ways
     return rng.normal(size=(n, draw(st.integers(1, 5)))).astype(draw(st.sampled_from([np.float32, np.float64]))), y, kwargs
 
 
