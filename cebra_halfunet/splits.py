@@ -121,9 +121,10 @@ def frame_validation_split(
     validation_fraction : float in (0, 1)
         Share of the distinct *frames* held out (rounded up), not of the samples.
     n_stretches : int
-        The held-out frames are ``min(n_stretches, n_valid_frames)`` runs of frames
-        consecutive in order of first appearance, spread as :func:`training.validation_mask`
-        spreads them.
+        The held-out frames are at most ``n_stretches`` runs of frames consecutive in order
+        of first appearance, spread as :func:`training.validation_mask` spreads them; fewer
+        where needed for each run to be at least ``2 * gap`` frames long, so that the gaps
+        exclude at most about as many frames as are held out.
     gap : int
         Frames that some sample shows within ``gap`` samples of a sample of a held-out frame
         (in any repeat; neighbours in the order of the samples, so repeat-major, interleaved
@@ -148,12 +149,13 @@ def frame_validation_split(
     n_frames = int(ranks.max()) + 1
     # round() first: 0.1 * 60 is 6.000000000000001 in floating point, not 6.
     n_valid = math.ceil(round(validation_fraction * n_frames, 6))
-    held_frames = validation_mask(n_frames, n_valid, n_stretches) if n_valid < n_frames else np.ones(n_frames, bool)
+    n_runs = max(min(n_stretches, n_valid // max(2 * gap, 1)), 1)
+    held_frames = validation_mask(n_frames, n_valid, n_runs) if n_valid < n_frames else np.ones(n_frames, bool)
     gap_frames = _neighbours_within(ranks, held_frames, gap) & ~held_frames
     held_out, excluded = held_frames[ranks], gap_frames[ranks]
     if held_out.any() and (~held_out & ~excluded).any():
         reason = (
-            f"{n_valid} of {n_frames} distinct frames held out in {min(n_stretches, n_valid)} stretch(es), all "
+            f"{n_valid} of {n_frames} distinct frames held out in {n_runs} stretch(es), all "
             f"their copies ({held_out.sum()} samples); {excluded.sum()} samples within {gap} frames of them excluded"
         )
         return ValidationSplit(held_out, excluded, True, reason)
