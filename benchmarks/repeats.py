@@ -14,7 +14,7 @@ model saw in any repeat. One CEBRA embedding (the demo's model, PCA label) is fi
 the training responses; every decoder gets the same embeddings.
 
 Baselines: kNN (cosine, k from {1, 5, 15, 50, 100} chosen by ``GroupKFold`` over frame ids,
-so that all repeats of a frame fall in one fold) and cebra's ridge decoding. Each
+``splits.frame_ids`` of the frames' hashes, so that all copies of a frame fall in one fold) and cebra's ridge decoding. Each
 HalfUNet configuration (``name=value`` pairs over the defaults, ``random_state=0``) reports
 its fit time, epochs run, best epoch and stop reason (``stop_reason_`` where the
 estimator has it). ``--curve`` trains one configuration with ``--curve-epochs`` epochs (patience as long,
@@ -40,6 +40,7 @@ from cebra_halfunet.baselines import ChunkedKNeighborsRegressor, ridge, timed
 from cebra_halfunet.datasets import make_natural_movie_v1
 from cebra_halfunet.demo import DEMO_TEMPERATURE, demo_cebra
 from cebra_halfunet.metrics import reconstruction_scores
+from cebra_halfunet.splits import frame_digests, frame_ids
 
 NEIGHBOURS = (1, 5, 15, 50, 100)
 
@@ -48,8 +49,7 @@ def repeated_movie(n_frames: int, size: tuple[int, int], n_repeats: int) -> dict
     """Samples of the benchmark, repeat-major.
 
     Returns a dict of ``X_train`` ``(n_train * (R-1), n_neurons)``, ``y_train``
-    ``(n_train * (R-1), 1, H, W)``, ``frame_train`` (movie frame index of each training
-    sample), ``X_test``, ``y_test`` (the test frames of the last repeat) and ``recording``.
+    ``(n_train * (R-1), 1, H, W)``, ``X_test``, ``y_test`` (the test frames of the last repeat) and ``recording``.
     """
     recording = make_natural_movie_v1(n_frames, size, n_repeats=n_repeats, seed=0)
     train_frames, test_frames = np.flatnonzero(recording.is_train), np.flatnonzero(recording.is_test)
@@ -57,7 +57,6 @@ def repeated_movie(n_frames: int, size: tuple[int, int], n_repeats: int) -> dict
     return {
         "X_train": training_repeats.reshape(-1, training_repeats.shape[-1]),
         "y_train": np.tile(recording.frames[train_frames], (n_repeats - 1, 1, 1, 1)),
-        "frame_train": np.tile(train_frames, n_repeats - 1),
         "X_test": recording.neural[-1, test_frames],
         "y_test": recording.frames[test_frames],
         "recording": recording,
@@ -154,7 +153,8 @@ def main():
     print(f"CEBRA: {cebra_seconds:.0f} s; {len(z_train)} training and {len(z_test)} test samples", flush=True)
 
     rows = []
-    (prediction, k), seconds = timed(grouped_nearest_neighbours, z_train, y_train, z_test, data["frame_train"])
+    groups = frame_ids(frame_digests(y_train))  # bit-identical frames, as the estimator will find them
+    (prediction, k), seconds = timed(grouped_nearest_neighbours, z_train, y_train, z_test, groups)
     rows.append([f"kNN (cosine, k={k} by GroupKFold)", f"{seconds:.0f}", "", "", "", *scores(y_test, prediction)])
     prediction, seconds = timed(ridge, z_train, y_train, z_test)
     rows.append(["ridge (cebra ridge_decoding)", f"{seconds:.0f}", "", "", "", *scores(y_test, prediction)])
