@@ -108,7 +108,7 @@ def per_epoch_curve(parameters: dict, z_train, y_train, z_test, y_test, epochs: 
     The estimator has no callbacks yet (issue 20): the epoch hook is chained onto the
     ``on_epoch_end`` that the estimator passes to ``training.train``.
     """
-    model = HalfUNetRegressor(random_state=0, max_epochs=epochs, patience=epochs, **parameters)
+    model = HalfUNetRegressor(random_state=0, max_epochs=epochs, n_iter_no_change=epochs, **parameters)
     rows, train = [], estimator_module.train
 
     def train_and_score(*args, on_epoch_end, **kwargs):

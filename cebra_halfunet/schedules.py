@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int) -> float:
     """Factor on the base learning rate before optimizer step ``step`` (0-based).
@@ -38,3 +40,15 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int) -> float:
         return (step + 1) / warmup_steps
     progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
     return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+#: Share of a fit's steps spent warming up (see :func:`warmup_cosine_scheduler`).
+WARMUP_FRACTION = 0.1
+
+
+def warmup_cosine_scheduler(optimizer, total_steps: int, warmup_fraction: float = WARMUP_FRACTION):
+    """A ``LambdaLR`` on ``optimizer`` that follows :func:`warmup_cosine` over
+    ``total_steps`` optimizer steps, the first ``warmup_fraction`` of them (rounded up)
+    warming up. A ``policy`` for :class:`~cebra_halfunet.callbacks.LRScheduler`."""
+    warmup_steps = min(math.ceil(warmup_fraction * total_steps), total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total_steps, warmup_steps))

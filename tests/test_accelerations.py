@@ -6,7 +6,7 @@ import torch
 
 from cebra_halfunet import HalfUNetRegressor
 
-FAST = dict(latent_dim=16, max_epochs=3, batch_size=16, random_state=0)
+FAST = dict(latent_dim=16, max_epochs=3, batch_size=16, random_state=0, precision="float32")
 
 
 def test_channels_last_trains_and_predicts_like_the_default(data):

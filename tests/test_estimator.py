@@ -119,7 +119,7 @@ def test_early_stopping_restores_the_best_epoch():
     noise = np.random.default_rng(1).random(images.shape).astype(np.float32)
     # Training rows learnable, validation rows pure noise: validation loss rises with fitting.
     y = np.where(held_out[:, None, None, None], noise, images)
-    model = regressor(max_epochs=30, patience=3, lr=3e-3).fit(z, y)
+    model = regressor(max_epochs=30, n_iter_no_change=3, lr=3e-3).fit(z, y)
     losses = [record["valid_loss"] for record in model.history_]
     best = int(np.argmin(losses))
     assert model.best_epoch_ == model.history_[best]["epoch"]
@@ -150,7 +150,7 @@ def test_validation_is_stretches_spread_over_the_samples(n, data):
 
 def test_history_and_counts(data):
     z, images = data
-    model = regressor(max_epochs=4, patience=10).fit(z, images)
+    model = regressor(max_epochs=4, n_iter_no_change=10).fit(z, images)
     assert [record["epoch"] for record in model.history_] == [1, 2, 3, 4]
     assert all(record["valid_loss"] is not None and record["duration_s"] > 0 for record in model.history_)
     no_validation = regressor(max_epochs=2, early_stopping=False).fit(z, images)
