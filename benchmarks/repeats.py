@@ -16,8 +16,7 @@ the training responses; every decoder gets the same embeddings.
 Baselines: kNN (cosine, k from {1, 5, 15, 50, 100} chosen by ``GroupKFold`` over frame ids,
 ``splits.frame_ids`` of the frames' hashes, so that all copies of a frame fall in one fold) and cebra's ridge decoding. Each
 HalfUNet configuration (``name=value`` pairs over the defaults, ``random_state=0``) reports
-its fit time, epochs run, best epoch and stop reason (``stop_reason_`` where the
-estimator has it). ``--curve`` trains one configuration with ``--curve-epochs`` epochs (patience as long,
+its fit time, epochs run, best epoch and ``stop_reason_``. ``--curve`` trains one configuration with ``--curve-epochs`` epochs (``n_iter_no_change`` as long,
 so it never stops early), and scores the test frames at every epoch with the weights that
 validation sees (the weight average, if any).
 """
@@ -35,8 +34,8 @@ from sklearn.model_selection import GridSearchCV, GroupKFold
 
 from _results import markdown_table, write_section
 from cebra_halfunet import CEBRAEmbedding, HalfUNetRegressor
-from cebra_halfunet import estimator as estimator_module
 from cebra_halfunet.baselines import ChunkedKNeighborsRegressor, ridge, timed
+from cebra_halfunet.callbacks import Callback
 from cebra_halfunet.datasets import make_natural_movie_v1
 from cebra_halfunet.demo import DEMO_TEMPERATURE, demo_cebra
 from cebra_halfunet.metrics import reconstruction_scores
@@ -102,36 +101,20 @@ def scores(y_test: np.ndarray, prediction: np.ndarray) -> list[str]:
 
 
 def per_epoch_curve(parameters: dict, z_train, y_train, z_test, y_test, epochs: int) -> list[list]:
-    """Train ``epochs`` epochs without early stopping; test scores of the validated weights
-    after every epoch, rows ``[epoch, valid_loss, SSIM, PSNR, r]``.
-
-    The estimator has no callbacks yet (issue 20): the epoch hook is chained onto the
-    ``on_epoch_end`` that the estimator passes to ``training.train``.
-    """
+    """Train ``epochs`` epochs (the stop rule never fires: ``n_iter_no_change=epochs``); test
+    scores of the validated weights (the weight average, if any) after every epoch, rows
+    ``[epoch, valid_loss, SSIM, PSNR, r]``."""
     model = HalfUNetRegressor(random_state=0, max_epochs=epochs, n_iter_no_change=epochs, **parameters)
-    rows, train = [], estimator_module.train
+    rows = []
 
-    def train_and_score(*args, on_epoch_end, **kwargs):
-        def score_epoch(state):
-            on_epoch_end(state)
-            fitted = model.module_
-            if state.average_weights is not None:  # score the average, as validation does
-                fitted = copy.deepcopy(fitted)
-                fitted.load_state_dict(state.average_weights)
+    class ScoreEachEpoch(Callback):
+        def on_epoch_end(self, run, record):
             scoring = copy.copy(model)
-            scoring.module_ = fitted.eval()
-            record = state.history[-1]
+            scoring.module_ = copy.deepcopy(run.evaluated).eval()
             rows.append([record["epoch"], f"{record['valid_loss']:.4f}", *scores(y_test, scoring.predict(z_test))])
-            fitted.train()
             print("epoch", rows[-1], flush=True)
 
-        return train(*args, on_epoch_end=score_epoch, **kwargs)
-
-    estimator_module.train = train_and_score
-    try:
-        model.fit(z_train, y_train)
-    finally:
-        estimator_module.train = train
+    model.set_params(callbacks=[ScoreEachEpoch()]).fit(z_train, y_train)
     return rows
 
 
@@ -143,7 +126,7 @@ def main():
     parser.add_argument("--cebra-iterations", type=int, default=2000)
     parser.add_argument("--embeddings", type=Path, help="file to save the CEBRA embeddings to, or reuse them from")
     parser.add_argument("--configs", nargs="*", default=[""], help='HalfUNet parameters, e.g. "ensemble_size=1,lr=2e-3"')
-    parser.add_argument("--curve", help="configuration to score at every epoch (early stopping off)")
+    parser.add_argument("--curve", help="configuration to score at every epoch (the stop rule never fires)")
     parser.add_argument("--curve-epochs", type=int, default=20)
     args = parser.parse_args()
     size = tuple(args.size)
@@ -162,8 +145,7 @@ def main():
     for configuration in args.configs:
         model = HalfUNetRegressor(random_state=0, **parse_configuration(configuration))
         _, seconds = timed(model.fit, z_train, y_train)
-        stop = getattr(model, "stop_reason_", "(no stop_reason_)")
-        epochs = [model.n_epochs_, model.best_epoch_, stop]
+        epochs = [model.n_epochs_, model.best_epoch_, model.stop_reason_]
         rows.append([f"HalfUNet {configuration or 'defaults'}", f"{seconds:.0f}", *epochs, *scores(y_test, model.predict(z_test))])
         print(rows[-1], flush=True)
     header = ["decoder", "fit (s)", "epochs run", "best epoch", "stop reason", "SSIM", "PSNR (dB)", "pixel r"]
@@ -183,7 +165,7 @@ def main():
         write_section(
             f"Repeated stimulus at {size[0]}x{size[1]}: test scores per epoch",
             markdown_table(["epoch", "validation loss", "SSIM", "PSNR (dB)", "pixel r"], curve),
-            f"HalfUNet {args.curve or 'defaults'}, {args.curve_epochs} epochs, patience {args.curve_epochs} (never stops early). " + design,
+            f"HalfUNet {args.curve or 'defaults'}, {args.curve_epochs} epochs, n_iter_no_change {args.curve_epochs} (never stops early). " + design,
         )
 
 

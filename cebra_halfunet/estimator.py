@@ -557,7 +557,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
                 f"{self.n_iter_no_change} epoch(s) when the fit reached max_epochs={self.max_epochs}: "
                 "raise max_epochs (the schedule stretches with it) or lr.",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         if state.interrupted:
             warnings.warn(
