@@ -32,7 +32,7 @@ def test_bfloat16_inference_is_close_to_float32(data):
 def test_bfloat16_training_learns_like_float32(data, loss):
     z, images = data
     exact = HalfUNetRegressor(**FAST, loss=loss, early_stopping=False).fit(z, images)
-    fast = HalfUNetRegressor(**FAST, loss=loss, early_stopping=False, precision="bfloat16").fit(z, images)
+    fast = HalfUNetRegressor(**(FAST | dict(loss=loss, early_stopping=False, precision="bfloat16"))).fit(z, images)
     assert fast.history_[-1]["train_loss"] < fast.history_[0]["train_loss"]
     np.testing.assert_allclose(fast.history_[-1]["train_loss"], exact.history_[-1]["train_loss"], rtol=0.1)
     assert np.abs(fast.predict(z) - exact.predict(z)).mean() < 0.02
