@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import math
 import os
 import warnings
 from dataclasses import dataclass

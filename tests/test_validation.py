@@ -1,7 +1,6 @@
 """Bad input is refused before training with a message naming the argument; property
 tests check that every valid shape, dtype and size round-trips through fit/predict."""
 
-import math
 
 import numpy as np
 import pytest
@@ -161,8 +160,7 @@ def test_a_validation_split_needs_a_sample_on_each_side(n, fraction):
     rng = np.random.default_rng(n)
     X, y = rng.normal(size=(n, 2)), rng.random((n, 3, 5))
     model = HalfUNetRegressor(validation_fraction=fraction, latent_dim=8, max_epochs=1, random_state=0)
-    n_valid = math.ceil(fraction * n)
-    if 1 <= n_valid < n:
+    if n >= 2 and fraction > 0:  # the frame split, or a split over samples with a warning
         assert model.fit(X, y).predict(X).shape == y.shape
     else:
         with pytest.raises(ValueError, match="sample"):
