@@ -332,8 +332,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         resolve_device(self.device)
         if y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None.")
-        check_numbers(X, "X")
-        X = validate_data(self, X, reset=not incremental, dtype=np.float32)
+        X = self._validate_X(X, reset=not incremental)
         y = as_array(y, "y")
         if len(y) != len(X):
             raise ValueError(f"X and y must have the same number of samples, got {len(X)} and {len(y)}.")
@@ -531,8 +530,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         that runs out of GPU memory is retried with half the batch size (with a warning).
         """
         check_is_fitted(self, "module_")
-        check_numbers(X, "X")
-        X = validate_data(self, X, reset=False, dtype=np.float32)
+        X = self._validate_X(X, reset=False)
         target_format = self.target_format_
         out = np.empty((len(X), *target_format.sample_shape), dtype=target_format.output_dtype)
         images = target_format.to_images(out)  # (N, C, H, W) view: batches are written in out's layout
@@ -544,12 +542,16 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
             raise _out_of_memory("predict", "It failed even one sample at a time: predict with device='cpu'.")
         return out
 
+    def _validate_X(self, X, reset: bool) -> np.ndarray:
+        """``X`` as a float32 ``(N, D)`` array; a TypeError naming ``X`` for non-numbers."""
+        check_numbers(X, "X")
+        return validate_data(self, X, reset=reset, dtype=np.float32)
+
     def evaluate_loss(self, X, y) -> float:
         """Mean training loss of the fitted decoder over ``(X, y)``, in network units
         (the way ``history_``'s ``valid_loss`` is measured: eval mode, no noise)."""
         check_is_fitted(self, "module_")
-        check_numbers(X, "X")
-        X = validate_data(self, X, reset=False, dtype=np.float32)
+        X = self._validate_X(X, reset=False)
         y = as_array(y, "y")
         targets = self.target_format_.to_tensor(self.target_format_.to_images(y))
         with self._on_device() as (module, trainer):
