@@ -45,3 +45,10 @@ def check_numbers(data, name: str) -> None:
             array.astype(np.float64)
     except (TypeError, ValueError) as error:
         raise TypeError(f"{name} must hold real numbers (bool, integer or float): {error}.") from None
+
+
+def check_count(value, name: str, unit: str = "") -> int:
+    """``value`` as an int; a ValueError naming ``name`` unless it is a non-negative integer."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer{unit}, got {value!r}.")
+    return int(value)

@@ -7,7 +7,6 @@ frames and returns a :class:`DecoderReport`, which prints as a table.
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from dataclasses import dataclass, fields
 
@@ -17,7 +16,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from ._checks import check_positive_int
+from ._checks import check_count, check_positive_int
 from .metrics import (
     check_frame_index,
     final_regressor,
@@ -83,12 +82,6 @@ class DecoderReport:
         lines.append(f"Means over {self.per_frame.shape[-1]} test samples [95% block-bootstrap interval, blocks of "
                      f"{self.block_length} samples].")
         return "\n".join(lines)
-
-
-def _check_count(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}.")
-    return int(value)
 
 
 def _mean_correlation(images, first: np.ndarray, second: np.ndarray) -> float:
@@ -243,7 +236,7 @@ def evaluate_decoder(
     """
     from .baselines import mean_image, nearest_neighbours, ridge
 
-    n_shuffles = _check_count(n_shuffles, "n_shuffles")
+    n_shuffles = check_count(n_shuffles, "n_shuffles")
     n_bootstrap = check_positive_int(n_bootstrap, "n_bootstrap")
     if block_length is not None:
         check_positive_int(block_length, "block_length")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted
 
+from ._checks import check_count
 from .losses import ssim
 from .targets import as_array
 
@@ -137,12 +138,6 @@ def pooled_r2(y_true: np.ndarray, y_pred: np.ndarray, sample_weight=None) -> flo
 _TIE = 1e-5
 
 
-def _check_window(window) -> int:
-    if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 0:
-        raise ValueError(f"window must be a non-negative integer (frames), got {window!r}.")
-    return int(window)
-
-
 def check_frame_index(frame_index, n: int) -> np.ndarray:
     """``frame_index`` checked as ``n`` integer frame numbers, or ``0 .. n-1`` when ``None``."""
     if frame_index is None:
@@ -160,7 +155,7 @@ def window_chance(n_samples: int, window: int, frame_index=None) -> float:
     ``n_samples`` candidates whose frame lies within ``window`` frames of the true one, about
     ``(2 * window + 1) / n_frames`` (less at the ends of each stretch)."""
     frames = np.sort(check_frame_index(frame_index, n_samples))
-    window = _check_window(window)
+    window = check_count(window, "window", " (frames)")
     near = np.searchsorted(frames, frames + window, side="right") - np.searchsorted(frames, frames - window, side="left")
     return float(near.mean() / n_samples)
 
@@ -234,7 +229,7 @@ def frame_matches(y_true, y_pred, frame_index=None, window: int | None = None) -
     y_true, y_pred = as_array(y_true, "y_true"), as_array(y_pred, "y_pred")
     n = _check_pair(y_true, y_pred)
     frames = check_frame_index(frame_index, n)
-    window = None if window is None else _check_window(window)
+    window = None if window is None else check_count(window, "window", " (frames)")
     candidates = np.empty((n, int(np.prod(y_true.shape[1:]))), dtype=np.float32)
     for start, stop in _spans(n):
         candidates[start:stop] = _standardized(y_true, start, stop)
@@ -346,4 +341,4 @@ identification_scorer = ImageScorer(identification_accuracy, uses_data_range=Fal
 def window_accuracy_scorer(window: int) -> ImageScorer:
     """Scorer of :func:`window_accuracy` within ``window`` frames (samples of the test fold in
     time order; no ``frame_index``)."""
-    return ImageScorer(window_accuracy, uses_data_range=False, window=_check_window(window))
+    return ImageScorer(window_accuracy, uses_data_range=False, window=check_count(window, "window", " (frames)"))
