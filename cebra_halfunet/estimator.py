@@ -31,7 +31,9 @@ from .metrics import pooled_r2
 from .networks import DecoderEnsemble, HalfUNetDecoder, ImageOutput
 from .persistence import _to_cpu, load_estimator, resume_checkpoint, save_checkpoint, save_estimator
 from .targets import LAYOUTS, TargetFormat, TargetScan, as_array, scan_targets
-from .training import Trainer, TrainingState, catch_out_of_memory, resolve_device, validation_mask
+from .training import (
+    Trainer, TrainingState, catch_out_of_memory, release_device_memory, resolve_device, validation_mask,
+)
 
 
 def _out_of_memory(stage: str, advice: str) -> torch.cuda.OutOfMemoryError:
@@ -411,7 +413,10 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         finally:
             self.module_ = model.to("cpu", memory_format=torch.contiguous_format).eval()
         if out_of_memory:
-            del optimizer  # its moments on the GPU would live as long as the error's traceback
+            # Released again now that the module is on the CPU, without the optimizer's moments
+            # and the averaged weights: on the GPU they would outlive the error in its traceback.
+            del optimizer, callbacks
+            release_device_memory()
             target_format = data.target_format
             raise _out_of_memory(
                 "fit",
@@ -539,6 +544,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
             decode = lambda batch: target_format.decode_batch(activation(batch), self.clip_predictions)  # noqa: E731
             _, out_of_memory = catch_out_of_memory(lambda: trainer.predict_into(module, torch.from_numpy(X), images, decode))
         if out_of_memory:
+            release_device_memory()  # again, now that the module is back on the CPU
             raise _out_of_memory("predict", "It failed even one sample at a time: predict with device='cpu'.")
         return out
 
