@@ -34,7 +34,9 @@ from .schedules import warmup_cosine_scheduler
 from .splits import frame_ids, frame_validation_split
 from .stopping import INTERRUPTED, MAX_EPOCHS, STOP_RULE, still_improving
 from .targets import LAYOUTS, TargetFormat, TargetScan, as_array, scan_targets
-from .training import Trainer, TrainingState, catch_out_of_memory, has_bf16_units, resolve_device
+from .training import (
+    Trainer, TrainingState, catch_out_of_memory, fastest_precision, release_device_memory, resolve_device,
+)
 
 
 def _out_of_memory(stage: str, advice: str) -> torch.cuda.OutOfMemoryError:
@@ -177,15 +179,14 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         Epochs between checkpoints.
     precision : {"auto", "float32", "bfloat16"}, default "auto"
         ``"bfloat16"`` runs the network under ``torch.autocast``; losses and outputs stay
-        float32. ``"auto"``: bfloat16 where the device has bf16 units (CUDA compute
-        capability 8.0 on, CPUs with AVX512-BF16 or AMX), float32 elsewhere; what it
-        resolved to is ``precision_``. With channels-last, an epoch took 0.39x the time of
-        float32 on a 2-core AVX512-BF16 CPU at the same held-out quality
-        (``benchmarks/notes_repeats.md``).
+        float32. ``"auto"`` (resolved in ``precision_``): bfloat16 on a CPU with bf16 units
+        (AVX512-BF16 or AMX), float32 elsewhere, GPUs included (at the batch sizes of a fit,
+        bf16 autocast was slower than float32 on an H200; see ``benchmarks/RESULTS.md``).
     channels_last : bool or "auto", default "auto"
         Train and predict with the convolution weights in channels-last memory layout
-        (the fitted ``module_`` is returned to the standard layout). ``"auto"``: with
-        bfloat16 (``channels_last_``).
+        (the fitted ``module_`` is returned to the standard layout). ``"auto"`` (resolved
+        in ``channels_last_``): on CUDA (1.02-1.16x float32 at batch 32-128 on an H200) and
+        with bfloat16 on the CPU (2.1x float32 together, 1.6x bf16 alone).
     clip_predictions : bool, default True
         Clip predictions to the training targets' [min, max] (what ``imshow`` and image
         writers expect); ``False`` returns the network's output as it is. Decoder files
@@ -547,7 +548,10 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         finally:
             self.module_ = model.to("cpu", memory_format=torch.contiguous_format).eval()
         if out_of_memory:
-            del optimizer  # its moments on the GPU would live as long as the error's traceback
+            # Released again now that the module is on the CPU, without the optimizer's moments
+            # and the averaged weights: on the GPU they would outlive the error in its traceback.
+            del optimizer, callbacks
+            release_device_memory()
             target_format = data.target_format
             raise _out_of_memory(
                 "fit",
@@ -649,10 +653,11 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
 
     def _resolved_precision(self) -> tuple[str, bool]:
         """``(precision, channels_last)`` on the configured device (``"auto"`` resolved)."""
-        precision = self.precision
-        if precision == "auto":
-            precision = "bfloat16" if has_bf16_units(self._inference_device()) else "float32"
-        return precision, precision == "bfloat16" if self.channels_last == "auto" else self.channels_last
+        device = self._inference_device()
+        precision = fastest_precision(device) if self.precision == "auto" else self.precision
+        if self.channels_last != "auto":
+            return precision, self.channels_last
+        return precision, device.type == "cuda" or precision == "bfloat16"
 
     def _training_loss(self):
         """The loss being minimised, in network units (targets' span times the value scale)."""
@@ -697,6 +702,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
             decode = lambda batch: target_format.decode_batch(activation(batch), self.clip_predictions)  # noqa: E731
             _, out_of_memory = catch_out_of_memory(lambda: trainer.predict_into(module, torch.from_numpy(X), images, decode))
         if out_of_memory:
+            release_device_memory()  # again, now that the module is back on the CPU
             raise _out_of_memory("predict", "It failed even one sample at a time: predict with device='cpu'.")
         return out
 

@@ -73,13 +73,19 @@ def resolve_device(device) -> torch.device:
     return resolved
 
 
-def has_bf16_units(device: torch.device) -> bool:
-    """Whether ``device`` computes in bfloat16 natively: a CUDA GPU of compute capability
-    8.0 or later (Ampere on), or a CPU with AVX512-BF16 or AMX instructions (those without
-    emulate bfloat16 in float32 and gain nothing)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_capability(device)[0] >= 8
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX instructions;
+    those without emulate bfloat16 in float32 and gain nothing)."""
     return any(getattr(torch.cpu, check, lambda: False)() for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def fastest_precision(device: torch.device) -> str:
+    """What ``precision="auto"`` resolves to on ``device``, as measured: ``"bfloat16"`` on a
+    CPU with bf16 units (1.6x float32 on a 2-core AVX512-BF16 EPYC), otherwise ``"float32"``:
+    on CUDA, bf16 autocast was slower than float32 at the batch sizes a fit uses (0.73x
+    at batch 32, 128x256, and at batch 128, 64x128, on an H200) and faster only from
+    batch 128 at 128x256 (``benchmarks/RESULTS.md``, GPU check)."""
+    return "bfloat16" if device.type == "cpu" and cpu_has_bf16_units() else "float32"
 
 
 def release_device_memory() -> None:

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import sklearn
+import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
@@ -17,7 +18,7 @@ from cebra_halfunet.callbacks import Callback
 from cebra_halfunet.schedules import WARMUP_FRACTION, warmup_cosine
 from cebra_halfunet.splits import VALIDATION_GAP
 from cebra_halfunet.stopping import MAX_EPOCHS, STOP_RULE
-from cebra_halfunet.training import Trainer, has_bf16_units
+from cebra_halfunet.training import Trainer, cpu_has_bf16_units
 
 FAST = dict(latent_dim=16, max_epochs=1, batch_size=32, ensemble_size=1, random_state=0)
 
@@ -252,7 +253,7 @@ def test_the_default_schedule_is_warmup_then_cosine_over_the_fit_and_restarts_wi
 def test_precision_auto_resolves_by_the_device_and_is_recorded(tmp_path):
     frames, codes = movie(20)
     model = regressor(early_stopping=False).fit(codes, frames)
-    bf16 = has_bf16_units(__import__("torch").device("cpu"))
+    bf16 = cpu_has_bf16_units()
     assert model.precision_ == ("bfloat16" if bf16 else "float32") and model.channels_last_ is bf16
     exact = regressor(early_stopping=False, precision="float32").fit(codes, frames)
     assert exact.precision_ == "float32" and exact.channels_last_ is False
@@ -260,3 +261,11 @@ def test_precision_auto_resolves_by_the_device_and_is_recorded(tmp_path):
     loaded = HalfUNetRegressor.load(tmp_path / "m.safetensors")
     assert loaded.precision_ == model.precision_ and loaded.stop_reason_ == MAX_EPOCHS
     np.testing.assert_array_equal(loaded.predict(codes), model.predict(codes))
+
+
+def test_precision_auto_is_float32_channels_last_on_cuda(monkeypatch):
+    model = regressor()
+    monkeypatch.setattr(model, "_inference_device", lambda: torch.device("cuda"))
+    assert model._resolved_precision() == ("float32", True)
+    assert model.set_params(precision="bfloat16")._resolved_precision() == ("bfloat16", True)
+    assert model.set_params(channels_last=False)._resolved_precision() == ("bfloat16", False)

@@ -1,6 +1,8 @@
 """CUDA out-of-memory, simulated on the CPU by raising the same error class: fit says what
 to change and releases memory so a search goes on; predict halves its batch."""
 
+import gc
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from sklearn.model_selection import GridSearchCV
 
 from cebra_halfunet import HalfUNetRegressor
 from cebra_halfunet.networks import HalfUNetDecoder
+from cebra_halfunet.training import WeightAverage
 
 FAST = dict(latent_dim=16, max_epochs=2, batch_size=16, random_state=0)
 
@@ -16,8 +19,9 @@ FAST = dict(latent_dim=16, max_epochs=2, batch_size=16, random_state=0)
 @pytest.fixture
 def memory_limit(monkeypatch):
     """Make the decoder raise CUDA's OutOfMemoryError for batches above a settable size,
-    and record the calls that release GPU memory."""
-    limit = {"batch": None, "released": 0}
+    and record the calls that release GPU memory and what of a fit was still alive at each
+    (an optimizer, averaged weights: memory a release on the GPU could not free)."""
+    limit = {"batch": None, "released": 0, "alive": []}
     forward = HalfUNetDecoder.forward
 
     def limited(self, x):
@@ -27,9 +31,12 @@ def memory_limit(monkeypatch):
 
     def release():
         limit["released"] += 1
+        gc.collect()
+        limit["alive"].append([type(o).__name__ for o in gc.get_objects() if issubclass(type(o), (torch.optim.Optimizer, WeightAverage))])
 
     monkeypatch.setattr(HalfUNetDecoder, "forward", limited)
-    monkeypatch.setattr("cebra_halfunet.training.release_device_memory", release)
+    for module in ["training", "estimator"]:
+        monkeypatch.setattr(f"cebra_halfunet.{module}.release_device_memory", release, raising=False)
     return limit
 
 
@@ -43,7 +50,8 @@ def test_fit_out_of_memory_says_what_to_change_and_releases_memory(data, memory_
     for advice in ["batch_size (now 16)", "latent_dim (now 16", "1x8x16", "gradient_checkpointing=True", "released"]:
         assert advice in message
     assert caught.value.__context__ is None  # the failed batch's tensors are not kept alive by the traceback
-    assert memory_limit["released"] == 1
+    assert memory_limit["released"] == 2  # after the failed batch, then after the fit's state is dropped
+    assert memory_limit["alive"][-1] == []
     assert all(p.device.type == "cpu" for p in model.module_.parameters())
 
 
@@ -77,3 +85,4 @@ def test_predict_that_fails_one_sample_at_a_time_says_to_use_the_cpu(data, memor
     with pytest.warns(RuntimeWarning), pytest.raises(torch.cuda.OutOfMemoryError, match="device='cpu'") as caught:
         model.predict(z)
     assert caught.value.__context__ is None
+    assert memory_limit["released"] == 7  # batches of 16, 8, 4, 2, 1; the error; the module back on the CPU
