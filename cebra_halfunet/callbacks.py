@@ -69,7 +69,7 @@ class WeightAveraging(Callback):
 
 class EarlyStopping(Callback):
     """Stop after ``patience`` epochs without a validation loss lower than the best so far
-    by more than ``tol``, and restore the weights of the best epoch (those of
+    by more than the fraction ``tol`` of it, and restore the weights of the best epoch (those of
     ``run.evaluated``: the average when averaging).
 
     ``wait_fraction``: the rule ends a run only once that share of the call's epochs is
@@ -87,7 +87,7 @@ class EarlyStopping(Callback):
 
     def on_epoch_end(self, run: Run, record: dict) -> None:
         state = run.state
-        if record["valid_loss"] < state.best_loss - self.tol:
+        if record["valid_loss"] < state.best_loss * (1 - self.tol):
             state.improved_epoch = record["epoch"]
         if record["valid_loss"] < state.best_loss:
             state.best_loss, state.best_epoch = record["valid_loss"], record["epoch"]

@@ -169,7 +169,7 @@ class TrainingState:
         State dict of the best epoch (kept when early stopping is on).
     improved_epoch : int or None
         Last epoch whose validation loss was lower than the best before it by more than
-        the stop rule's ``tol``.
+        the fraction ``tol`` of it (the stop rule's).
     average_weights : dict or None
         State dict of the weight average (when averaging). Its tensors are the average's
         own, not a copy: they hold the average after the last completed epoch until

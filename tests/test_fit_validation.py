@@ -178,8 +178,8 @@ def scripted(monkeypatch, losses):
         ([4, 2, 3, 3], 4, STOP_RULE, False),  # the rule fires at the last epoch
         ([4, 2, 2.5, 2.6, 2.7], 4, STOP_RULE, False),
         ([1, 2, 3, 4], 3, STOP_RULE, False),
-        ([4, 3, 2, 1.99995], 4, MAX_EPOCHS, True),  # an improvement below tol does not count, epoch 3 did
-        ([4, 2, 1.99995, 1.9999], 4, STOP_RULE, False),  # epochs 3 and 4 better, by less than tol
+        ([4, 3, 2, 1.99], 4, MAX_EPOCHS, True),  # an improvement below tol (1%) does not count, epoch 3 did
+        ([4, 2, 1.99, 1.985], 4, STOP_RULE, False),  # epochs 3 and 4 better, by less than tol
     ],
 )
 def test_convergence_warning_fires_exactly_when_the_fit_ends_still_improving(monkeypatch, losses, n_epochs, reason, warns):
@@ -187,7 +187,7 @@ def test_convergence_warning_fires_exactly_when_the_fit_ends_still_improving(mon
     scripted(monkeypatch, losses)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = regressor(max_epochs=4, n_iter_no_change=2, lr_schedule="constant").fit(
+        model = regressor(max_epochs=4, n_iter_no_change=2, tol=0.01, lr_schedule="constant").fit(
             codes, frames, X_val=codes[:5], y_val=frames[:5]
         )
     assert model.n_epochs_ == n_epochs and model.stop_reason_ == reason

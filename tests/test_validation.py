@@ -63,7 +63,7 @@ def test_targets_that_do_not_fit_the_parameters(data, kwargs, y_form, match):
 @pytest.mark.parametrize(
     "kwargs",
     [{"loss": "huber"}, {"lr": -1.0}, {"lr": 0}, {"batch_size": 0}, {"max_epochs": 0}, {"validation_fraction": 1.0},
-     {"latent_dim": 0}, {"n_iter_no_change": 0}, {"tol": -1.0}, {"lr_schedule": "cyclic"}, {"early_stopping": "yes"}, {"ema_decay": 1.0}, {"ema_decay": -0.1},
+     {"latent_dim": 0}, {"n_iter_no_change": 0}, {"tol": -1.0}, {"tol": 1.0}, {"lr_schedule": "cyclic"}, {"early_stopping": "yes"}, {"ema_decay": 1.0}, {"ema_decay": -0.1},
      {"ensemble_size": 0}, {"ensemble_size": 1.5}],
 )
 def test_invalid_hyper_parameters_raise_at_fit(data, kwargs):
