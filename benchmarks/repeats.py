@@ -1,8 +1,14 @@
 """Repeated stimulus: train on repeats 1..R-1, test on movie stretches never shown in training.
 
-    python benchmarks/repeats.py --embeddings /tmp/repeats_z.npz
+    python benchmarks/repeats.py --embeddings /tmp/repeats_z.npz --configs "" --curve "" --curve-epochs 6
     python benchmarks/repeats.py --embeddings /tmp/repeats_z.npz --configs "ensemble_size=1" \
-        "ensemble_size=1,precision='bfloat16',channels_last=True" --curve "ensemble_size=1" --curve-epochs 20
+        "precision='float32',channels_last=False" --curve "ensemble_size=1" --curve-epochs 8
+
+The first is the table in ``benchmarks/RESULTS.md``: the defaults, and the test scores at
+every epoch of the default schedule run to its end (so the epoch the stop rule chose can be
+compared with the best one). The CEBRA fit (2,000 iterations on 3,240 samples) is the slow
+part (38 minutes when first run, on 2 cores shared with four other jobs); ``--embeddings``
+keeps it for the next run.
 
 The standard design of visual neuroscience (the Allen Brain Observatory's "natural movie one",
 the CEBRA paper's movie decoding): the same movie shown ``R`` times. Data:
