@@ -322,17 +322,19 @@ def train_steps(model: Callable, optimizer, X: torch.Tensor, Y: torch.Tensor, ba
 
 
 def plain_training(module: torch.nn.Module, X: np.ndarray, Y: np.ndarray, epochs: int, batch_size: int, lr: float,
-                   weight_decay: float, device: torch.device) -> None:
+                   weight_decay: float, device: torch.device, autocast: torch.dtype | None = None,
+                   memory_format: torch.memory_format = torch.contiguous_format) -> None:
     """What ``fit`` does, as a plain loop on a copy of ``module`` (on the CPU, as ``fit``'s
     network starts): data moved to the device once, a shuffled permutation per epoch, AdamW,
-    L1 on uint8 frames scaled to [0, 1]. No validation, no weight average, no checks of the input."""
-    module = copy.deepcopy(module).to(device).train()
+    L1 on uint8 frames scaled to [0, 1], in the fit's precision and memory format. No
+    validation, no weight average, no learning-rate schedule, no checks of the input."""
+    module = copy.deepcopy(module).to(device, memory_format=memory_format).train()
     optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
     X, Y = torch.from_numpy(X).to(device), torch.from_numpy(Y).to(device)
     generator = torch.Generator().manual_seed(0)
     for _ in range(epochs):
         order = torch.randperm(len(X), generator=generator).to(device)
-        train_steps(module, optimizer, X, Y, order.split(batch_size), device)
+        train_steps(module, optimizer, X, Y, order.split(batch_size), device, autocast)
 
 
 @torch.no_grad()
@@ -558,11 +560,13 @@ def measure_fit_against_plain_loop(report: Report, plan: Plan, device: torch.dev
         model = HalfUNetRegressor(latent_dim=latent, max_epochs=1, early_stopping=False, device=str(device), random_state=0)
         model.fit(X[:64], Y[:64])  # warm-up; its network (with the output scaling) is the plain loop's
         module, params = model.module_, model.get_params()
+        setting = {"autocast": torch.bfloat16 if model.precision_ == "bfloat16" else None,
+                   "memory_format": torch.channels_last if model.channels_last_ else torch.contiguous_format}
         fits = {e: HalfUNetRegressor(**{**params, "max_epochs": e}) for e in (1, plan.long_epochs)}
         calls = {}
         for e in (1, plan.long_epochs):
             calls[f"plain {e}"] = functools.partial(plain_training, module, X, Y, e, params["batch_size"], params["lr"],
-                                                    params["weight_decay"], device)
+                                                    params["weight_decay"], device, **setting)
             calls[f"fit {e}"] = functools.partial(fits[e].fit, X, Y)
         seconds = median_seconds(calls, device, plan.repeats)
         epochs = plan.long_epochs
@@ -589,14 +593,16 @@ def measure_fit_against_plain_loop(report: Report, plan: Plan, device: torch.dev
     shape = f"{plan.shape[0]}x{plan.shape[1]}"
     report.table(["body", "samples", "epochs", "plain loop (s)", "fit (s)", "fit speed / plain loop",
                   "fit TFLOP/s (% of bf16 matmul)"], speed_rows,
-                 f"Default setting at {shape} (ensemble of {plan.ensemble_size}, batch 32, float32, L1, AdamW), uint8 "
+                 f"Default setting at {shape} (ensemble of {plan.ensemble_size}, batch {params['batch_size']}, "
+                 f"{model.precision_}{', channels_last' if model.channels_last_ else ''}, L1, AdamW; the plain loop "
+                 "in the same precision and memory format, at a constant rate), uint8 "
                  f"frames, early stopping off; median of {plan.repeats} interleaved rounds. fit also checks the data, "
                  "computes the mean frame, averages the weights (ema_decay) and returns the network to the CPU; the "
                  "plain loop does only the training steps. 'per further epoch' is the difference of the two fits. "
                  "Training FLOPs: 3 x the forward FLOPs of every member per image.")
     report.table(["body", "predict (img/s)", "plain predict (img/s)", "predict speed / plain", "peak GPU memory, fit (MiB)",
                   "peak GPU memory, predict (MiB)"], predict_rows,
-                 f"predict at batch_size 32 on the same {shape} frames, uint8 out, median of {plan.repeats} after a warm-up.")
+                 f"predict at batch_size {params['batch_size']} on the same {shape} frames, uint8 out, median of {plan.repeats} after a warm-up.")
     for body, ratio, share in ratios:
         report.verdict(f"fit >= 0.95 of the plain loop ({body} body, {plan.long_epochs} epochs)", ratio >= 0.95,
                        f"{ratio:.2f}", target=True)

@@ -32,7 +32,7 @@ def main():
     parser.add_argument("--size", type=int, nargs=2, default=(64, 128))
     parser.add_argument("--frames", type=int, default=4000)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=12, help="HalfUNet max_epochs (early stopping)")
+    parser.add_argument("--epochs", type=int, help="HalfUNet max_epochs (default: the estimator's)")
     parser.add_argument("--cebra-iterations", type=int, default=2000)
     parser.add_argument("--cebra-temperature", type=float, default=DEMO_TEMPERATURE)
     parser.add_argument(
@@ -64,7 +64,8 @@ def main():
 
     def halfunet(parameters):
         def decode(z_train, y_train, z_test):
-            model = HalfUNetRegressor(max_epochs=args.epochs, random_state=0, verbose=True, **parameters)
+            epochs = {} if args.epochs is None else {"max_epochs": args.epochs}
+            model = HalfUNetRegressor(random_state=0, verbose=True, **epochs, **parameters)
             return model.fit(z_train, y_train).predict(z_test)
 
         return decode
@@ -98,7 +99,8 @@ def main():
         f"simulated V1 neurons; {len(z_train)} training / {len(z_test)} held-out single-trial samples. Same CEBRA "
         f"embedding for all (the demo's CEBRA model, offset10-model, 32-d, {args.cebra_iterations} "
         f"iterations, at temperature {args.cebra_temperature}; PCA label, {cebra_time:.0f} s). "
-        f"HalfUNet: max_epochs={args.epochs} with early stopping, other parameters default unless named. Predictions clipped to "
+        f"HalfUNet: {'default max_epochs' if args.epochs is None else f'max_epochs={args.epochs}'} with early stopping, "
+        "other parameters default unless named. Predictions clipped to "
         "[0, 1] before scoring; metrics are means over held-out frames. 2-way id: 2-way identification by pixel "
         "correlation among the held-out frames (chance 0.5); within 1 s: the best-correlated held-out frame lies "
         f"within {MOVIE_FPS} frames of the true one (chance {window_chance(len(y_test), MOVIE_FPS, frame_index):.3f}); "

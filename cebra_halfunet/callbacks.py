@@ -12,6 +12,7 @@ where they run after the built-in ones, on a fresh copy per fit.
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 
 import torch
@@ -67,17 +68,27 @@ class WeightAveraging(Callback):
 
 
 class EarlyStopping(Callback):
-    """Stop after ``patience`` epochs without a lower validation loss and restore the
-    weights of the best epoch (those of ``run.evaluated``: the average when averaging)."""
+    """Stop after ``patience`` epochs without a validation loss lower than the best so far
+    by more than the fraction ``tol`` of it, and restore the weights of the best epoch (those of
+    ``run.evaluated``: the average when averaging).
 
-    def __init__(self, patience: int):
-        self.patience = patience
+    ``wait_fraction``: the rule ends a run only once that share of the call's epochs is
+    done (rounded up), so that it does not cut off a learning-rate schedule while the rate
+    is still high (0.5 with the warm-up + cosine schedule: the rate is at most half its
+    peak by then). The best epoch is tracked from the first epoch on.
+    """
+
+    def __init__(self, patience: int, tol: float = 0.0, wait_fraction: float = 0.0):
+        self.patience, self.tol, self.wait_fraction = patience, tol, wait_fraction
 
     def on_train_begin(self, run: Run) -> None:
+        self.first_stop = run.epochs.start + math.ceil(round(self.wait_fraction * len(run.epochs), 6)) - 1
         run.stop = self._exhausted(run.state)
 
     def on_epoch_end(self, run: Run, record: dict) -> None:
         state = run.state
+        if record["valid_loss"] < state.best_loss * (1 - self.tol):
+            state.improved_epoch = record["epoch"]
         if record["valid_loss"] < state.best_loss:
             state.best_loss, state.best_epoch = record["valid_loss"], record["epoch"]
             state.best_weights = copy.deepcopy(run.evaluated.state_dict())
@@ -88,8 +99,12 @@ class EarlyStopping(Callback):
             run.model.load_state_dict(run.state.best_weights)
 
     def _exhausted(self, state) -> bool:
-        """``patience`` epochs have passed since the best one."""
-        return state.best_epoch is not None and state.history[-1]["epoch"] - state.best_epoch >= self.patience
+        """``patience`` epochs have passed since the last improvement, at or after the
+        first epoch the rule may stop at."""
+        if state.improved_epoch is None:
+            return False
+        last = state.history[-1]["epoch"]
+        return last >= self.first_stop and last - state.improved_epoch >= self.patience
 
 
 class Checkpoint(Callback):

@@ -2,13 +2,14 @@
 reconstructions of movie frames no model saw.
 
     python -m cebra_halfunet.demo [--size 64 128] [--rgb] [--neurons 800] [--latent-dim 512] [--loss l1]
-                                  [--ensemble-size 3] [--epochs 3] [--cebra-temperature 0.3] [--device auto]
+                                  [--ensemble-size 3] [--epochs N] [--cebra-temperature 0.3] [--device auto]
                                   [--controls N]
 
 The movie is made of photographs bundled with scikit-image; the neurons are a simulated
 mouse V1 population (see :func:`cebra_halfunet.datasets.make_natural_movie_v1`). One
 Pipeline, ``CEBRAEmbedding`` (CEBRA with a PCA-of-frames label) then ``HalfUNetRegressor``
-(default parameters, ``max_epochs=3``), is fitted on the training stretches and
+(default parameters: the leak-free frame split, warm-up + cosine over ``max_epochs``, the stop
+rule, bf16 where the CPU or GPU has bf16 units), is fitted on the training stretches and
 reconstructs the held-out stretches. Prints the report of :func:`cebra_halfunet.evaluate_decoder`
 (pixel correlation, SSIM, 2-way identification and 1-s window accuracy with 95% intervals) next
 to the baselines (mean image, ridge, k nearest neighbours, cebra's MLP) on the same embeddings
@@ -73,7 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--latent-dim", type=int, default=512, help=">= 1024 selects the large decoder body")
     parser.add_argument("--loss", default="l1", help="l1 (the estimator's default), mse, bce, ssim or l1_ssim")
     parser.add_argument("--ensemble-size", type=int, default=3, help="decoders averaged (the estimator's default: 3)")
-    parser.add_argument("--epochs", type=int, default=3, help="maximum decoder epochs (early stopping)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="maximum decoder epochs (default: the estimator's max_epochs; the stop rule may end it sooner)")
     parser.add_argument("--cebra-iterations", type=int, default=2000)
     parser.add_argument("--embedding-dim", type=int, default=32)
     parser.add_argument("--cebra-temperature", type=float, default=DEMO_TEMPERATURE,
@@ -107,13 +109,14 @@ def main(argv=None) -> DecoderReport:
 
     embedder = demo_cebra(args.embedding_dim, args.cebra_iterations, args.cebra_temperature,
                           device="cuda_if_available" if args.device == "auto" else args.device, verbose=True)
+    cap = {} if args.epochs is None else {"max_epochs": args.epochs}
     decoder = HalfUNetRegressor(latent_dim=args.latent_dim, ensemble_size=args.ensemble_size, loss=args.loss,
-                                max_epochs=args.epochs, device=args.device, random_state=args.seed, verbose=True)
+                                device=args.device, random_state=args.seed, verbose=True, **cap)
     pipeline, seconds = timed(make_pipeline(CEBRAEmbedding(embedder, label="pca", random_state=args.seed), decoder).fit,
                               X_train, y_train)
     print(f"CEBRA (temperature {pipeline[0].cebra_.temperature}) + HalfUNet ({decoder.ensemble_size} decoders, "
           f"{decoder.loss}): {seconds:.0f} s, "
-          f"{decoder.n_epochs_} decoder epochs, best {decoder.best_epoch_}")
+          f"{decoder.n_epochs_} decoder epochs ({decoder.stop_reason_}), best {decoder.best_epoch_}, {decoder.precision_}")
     report = evaluate_decoder(pipeline, X_train, y_train, X_test, y_test,
                               frame_index=data.per_trial(np.arange(args.frames), data.is_test), window=MOVIE_FPS,
                               baselines=BASELINES, n_shuffles=args.controls, random_state=args.seed)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -19,20 +18,24 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._cebra_pickling import register_cebra_pickling
 from ._checks import check_numbers, check_output_shape
-from .callbacks import Checkpoint, EarlyStopping, ProgressBar, WeightAveraging
+from .callbacks import TOTAL_STEPS, Checkpoint, EarlyStopping, LRScheduler, ProgressBar, WeightAveraging
 from .losses import LOSS_NAMES, make_loss, per_member
 from .metrics import pooled_r2
 from .networks import DecoderEnsemble, HalfUNetDecoder, ImageOutput
 from .persistence import _to_cpu, load_estimator, resume_checkpoint, save_checkpoint, save_estimator
+from .schedules import warmup_cosine_scheduler
+from .splits import frame_ids, frame_validation_split
+from .stopping import INTERRUPTED, MAX_EPOCHS, STOP_RULE, still_improving
 from .targets import LAYOUTS, TargetFormat, TargetScan, as_array, scan_targets
 from .training import (
-    Trainer, TrainingState, catch_out_of_memory, release_device_memory, resolve_device, validation_mask,
+    Trainer, TrainingState, catch_out_of_memory, fastest_precision, release_device_memory, resolve_device,
 )
 
 
@@ -52,7 +55,10 @@ class _FitData:
     target_format: TargetFormat
     images: object  # (N, C, H, W) ndarray or DiskImages
     scan: TargetScan
-    held_out: np.ndarray  # bool (N,)
+    held_out: np.ndarray  # bool (N,): validation rows
+    excluded: np.ndarray  # bool (N,): gap rows, in neither part
+    validation: tuple | None  # (X_val, images of y_val) given by the user
+    reason: str  # how the validation data were chosen
     fingerprint: dict
 
 
@@ -96,38 +102,66 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         PSNR. ``"bce"`` needs targets in [0, 1] (binary images); predictions are then
         probabilities, float whatever the target dtype. ``"l1_ssim"`` (0.84 SSIM + 0.16
         L1) gives the sharpest frames.
-    lr : float, default 1e-3
-        AdamW learning rate.
-    batch_size : int, default 32
+    lr : float, default 2e-3
+        AdamW's peak learning rate (see ``lr_schedule``).
+    batch_size : int, default 64
         Mini-batch size for training; prediction uses the same size.
-    max_epochs : int, default 100
-        Epochs per ``fit`` (``partial_fit`` runs one).
+    max_epochs : int, default 6
+        Epochs per ``fit`` (``partial_fit`` runs one): the step budget the learning-rate
+        schedule is sized to. On a movie shown 9 times (``benchmarks/repeats.py``) the
+        held-out frames stopped improving after 3-5 epochs of this schedule.
+    lr_schedule : {"warmup_cosine", "constant"}, default "warmup_cosine"
+        ``"warmup_cosine"``: in each ``fit``, a linear warm-up over the first tenth of the
+        call's ``max_epochs * batches`` optimizer steps, then a half cosine down to 0 at the
+        last step (:func:`~cebra_halfunet.schedules.warmup_cosine`). A function of the step
+        alone: seeded runs repeat it and a run resumed from a checkpoint continues it
+        exactly. ``fit`` with ``warm_start=True`` starts a new schedule over its own steps
+        (warm-up included; the optimizer's moments are kept); ``partial_fit`` trains at the
+        constant rate ``lr`` (the number of calls is unknown). ``"constant"``: ``lr`` throughout.
     weight_decay : float, default 1e-4
         AdamW's decoupled weight decay.
-    embedding_noise : float, default 0.0
+    embedding_noise : float, default 0.1
         Gaussian noise added to the training embeddings, in units of each feature's
         standard deviation: neighbouring embeddings must decode to similar images, which
-        regularises the decoder towards frames it has not seen.
-    ema_decay : float in [0, 1), default 0.998
+        regularises the decoder towards frames it has not seen (on repeated frames, where
+        each frame is the target of many samples, it raised held-out SSIM and pixel
+        correlation; ``benchmarks/RESULTS.md``). 0 turns it off.
+    ema_decay : float in [0, 1), default 0.99
         Decay of an exponential moving average of the weights, updated after every batch
-        (it spans about ``1 / (1 - ema_decay)`` batches). The average is what is
+        (it spans about ``1 / (1 - ema_decay)`` batches: 100, about two epochs of 3,000
+        samples at batch 64). The average is what is
         validated, kept and predicted with: it carries less of the noise of the last
         batches than the raw weights; on held-out frames of the built-in movie it raised
         SSIM, PSNR and pixel correlation together (``benchmarks/RESULTS.md``). Each ``fit`` or
         ``partial_fit`` call averages its own steps (normalised, see
         :class:`~cebra_halfunet.training.WeightAverage`). 0 turns it off.
     validation_fraction : float in [0, 1), default 0.1
-        With ``early_stopping``, this fraction of the samples is held out to choose the
-        best epoch: 10 stretches of consecutive samples (in the given order, as a recording
-        runs), one at the end of each tenth
-        (:func:`~cebra_halfunet.training.validation_mask`). Neighbouring, correlated frames
-        do not leak into them, as they would into a shuffled subset; unlike one stretch at
-        the end, they leave every part of the recording in training. On the built-in movie
-        that raised a decoder's held-out SSIM by 0.012 and PSNR by 0.4 dB.
+        With ``early_stopping`` and no ``X_val``, this fraction of the distinct *frames* is
+        held out, with all its copies, to choose the best epoch
+        (:func:`~cebra_halfunet.splits.frame_validation_split`): samples whose targets are
+        bit-identical (a hash of each frame, or equal ``groups`` in ``fit``) are one frame,
+        as when a movie is shown several times; the held-out frames are up to 10 stretches
+        of frames consecutive in the recording, and the samples within 3 frames of them
+        (in any repeat) are in neither part (``excluded_mask_``), so that no frame, nor a
+        near neighbour, is both trained on and validated. When every frame is distinct this
+        is stretches of consecutive samples with a 3-sample gap on each side. If the frames
+        cannot give both parts, a share of the samples is held out instead, with a
+        ``UserWarning`` (the validation loss then rewards memorising).
     early_stopping : bool, default True
-        Stop after ``patience`` epochs without a better validation loss and restore the
-        weights of the best epoch. ``False`` trains on all samples for ``max_epochs``.
-    patience : int, default 10
+        The stop rule: stop after ``n_iter_no_change`` epochs without a validation loss
+        lower than the best by more than the fraction ``tol`` of it, and restore the weights of the best
+        epoch. With ``lr_schedule="warmup_cosine"`` the rule ends a fit only from the
+        middle of its epochs on (when the rate is at most half its peak), so that it does
+        not cut the schedule off at its high rates; the best epoch counts from the first.
+        ``False`` trains on all samples for ``max_epochs``.
+    n_iter_no_change : int, default 2
+        Epochs without improvement before the stop rule ends the fit (``patience`` in
+        decoder files of earlier versions).
+    tol : float, default 0.01
+        Relative improvement of the validation loss that counts as one: an epoch improves
+        when its loss is below ``(1 - tol)`` times the best so far (relative, unlike
+        scikit-learn's ``tol``, because losses of images differ in scale by orders of
+        magnitude between losses and targets).
     device : str, default "auto"
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     random_state : int, RandomState or None, default None
@@ -148,12 +182,16 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         grid search.
     checkpoint_every : int, default 1
         Epochs between checkpoints.
-    precision : {"float32", "bfloat16"}, default "float32"
-        ``"bfloat16"`` runs the network under ``torch.autocast`` (bf16 matrix units on
-        recent CPUs and GPUs); losses and outputs stay float32. Faster, slightly less exact.
-    channels_last : bool, default False
+    precision : {"auto", "float32", "bfloat16"}, default "auto"
+        ``"bfloat16"`` runs the network under ``torch.autocast``; losses and outputs stay
+        float32. ``"auto"`` (resolved in ``precision_``): bfloat16 on a CPU with bf16 units
+        (AVX512-BF16 or AMX), float32 elsewhere, GPUs included (at the batch sizes of a fit,
+        bf16 autocast was slower than float32 on an H200; see ``benchmarks/RESULTS.md``).
+    channels_last : bool or "auto", default "auto"
         Train and predict with the convolution weights in channels-last memory layout
-        (the fitted ``module_`` is returned to the standard layout).
+        (the fitted ``module_`` is returned to the standard layout). ``"auto"`` (resolved
+        in ``channels_last_``): on CUDA (1.02-1.16x float32 at batch 32-128 on an H200) and
+        with bfloat16 on the CPU (2.1x float32 together, 1.6x bf16 alone).
     clip_predictions : bool, default True
         Clip predictions to the training targets' [min, max] (what ``imshow`` and image
         writers expect); ``False`` returns the network's output as it is. Decoder files
@@ -189,6 +227,25 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         Epochs trained in all calls together.
     best_epoch_ : int or None
         Epoch whose weights were kept by early stopping.
+    stop_reason_ : str or None
+        Why the last ``fit`` ended: ``"stop rule"`` (early stopping), ``"max_epochs"`` or
+        ``"interrupted"`` (Ctrl-C) (:mod:`~cebra_halfunet.stopping`); None after
+        ``partial_fit``. A fit that ends at ``max_epochs`` with its last improvement among
+        the last ``n_iter_no_change`` epochs warns with a ``ConvergenceWarning``.
+    validation_mask_ : ndarray, bool ``(N,)``
+        Samples of the last ``fit``'s ``X`` held out for validation (all False with
+        ``X_val``, without early stopping and after ``partial_fit``). Not in decoder files.
+    excluded_mask_ : ndarray, bool ``(N,)``
+        Samples in the gap around the validation frames: neither trained on nor
+        validated. Not in decoder files.
+    validation_reason_ : str
+        How the validation data were chosen, in words.
+    precision_ : str
+        ``"float32"`` or ``"bfloat16"``: what ``precision`` resolved to for the fit
+        (resolved again when a decoder file is loaded; ``predict`` resolves the current
+        ``precision`` on its device).
+    channels_last_ : bool
+        What ``channels_last`` resolved to.
     n_features_in_ : int
         Embedding width seen in ``fit``.
 
@@ -216,12 +273,14 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         "lr": [Interval(Real, 0, None, closed="neither")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "lr_schedule": [StrOptions({"warmup_cosine", "constant"})],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "embedding_noise": [Interval(Real, 0, None, closed="left")],
         "ema_decay": [Interval(Real, 0, 1, closed="left")],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "early_stopping": ["boolean"],
-        "patience": [Interval(Integral, 1, None, closed="left")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, 1, closed="left")],
         "device": [str, torch.device],
         "random_state": ["random_state"],
         "warm_start": ["boolean"],
@@ -229,8 +288,8 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         "gradient_checkpointing": ["boolean"],
         "checkpoint_path": [None, str, os.PathLike],
         "checkpoint_every": [Interval(Integral, 1, None, closed="left")],
-        "precision": [StrOptions({"float32", "bfloat16"})],
-        "channels_last": ["boolean"],
+        "precision": [StrOptions({"auto", "float32", "bfloat16"})],
+        "channels_last": ["boolean", StrOptions({"auto"})],
         "clip_predictions": ["boolean"],
         "callbacks": [None, list],
     }
@@ -244,15 +303,17 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         body="auto",
         ensemble_size=3,
         loss="l1",
-        lr=1e-3,
-        batch_size=32,
-        max_epochs=100,
+        lr=2e-3,
+        batch_size=64,
+        max_epochs=6,
+        lr_schedule="warmup_cosine",
         weight_decay=1e-4,
-        embedding_noise=0.0,
-        ema_decay=0.998,
+        embedding_noise=0.1,
+        ema_decay=0.99,
         validation_fraction=0.1,
         early_stopping=True,
-        patience=10,
+        n_iter_no_change=2,
+        tol=0.01,
         device="auto",
         random_state=None,
         warm_start=False,
@@ -260,8 +321,8 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         gradient_checkpointing=False,
         checkpoint_path=None,
         checkpoint_every=1,
-        precision="float32",
-        channels_last=False,
+        precision="auto",
+        channels_last="auto",
         clip_predictions=True,
         callbacks=None,
     ):
@@ -275,12 +336,14 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         self.lr = lr
         self.batch_size = batch_size
         self.max_epochs = max_epochs
+        self.lr_schedule = lr_schedule
         self.weight_decay = weight_decay
         self.embedding_noise = embedding_noise
         self.ema_decay = ema_decay
         self.validation_fraction = validation_fraction
         self.early_stopping = early_stopping
-        self.patience = patience
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
         self.device = device
         self.random_state = random_state
         self.warm_start = warm_start
@@ -301,7 +364,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         return tags
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X, y):
+    def fit(self, X, y, *, X_val=None, y_val=None, groups=None):
         """Train the decoder on embeddings ``X`` ``(N, D)`` and images ``y``.
 
         ``y``: ``(N, H, W)``, ``(N, C, H, W)``, ``(N, H, W, C)`` (see ``target_layout``) or
@@ -310,23 +373,44 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         ``__getitem__`` (h5py, zarr), read batch by batch; uint8 is read as 0-255 images,
         uint8 holding only 0 and 1 as a 0/1 mask.
         With ``warm_start=True`` and a fitted decoder, training continues.
+
+        Parameters
+        ----------
+        X_val, y_val : optional
+            Validation data for early stopping, used as given (no split of ``X``): all of
+            ``X`` trains. Their number of samples must differ from ``len(X)``: scikit-learn's
+            searches (``GridSearchCV``, ``cross_validate``) slice every fit parameter as long
+            as ``X`` to the training fold, which would silently cut ``X_val`` too; a search
+            passes an ``X_val`` of another length through unchanged, so each fold validates
+            on the same ``X_val``.
+        groups : array ``(N,)``, optional
+            Which frame (or trial) each sample shows, for repeats whose targets are not
+            bit-identical (noisy copies): samples with equal ``groups`` are held out
+            together, in place of the frames' hashes. In a Pipeline:
+            ``fit(X, y, halfunetregressor__groups=ids)``; with metadata routing,
+            ``set_fit_request(groups=True)``.
         """
-        return self._fit(X, y, incremental=self.warm_start and hasattr(self, "module_"))
+        incremental = self.warm_start and hasattr(self, "module_")
+        return self._fit(X, y, incremental, validation=(X_val, y_val), groups=groups)
 
     def partial_fit(self, X, y):
-        """One epoch over ``(X, y)`` (all samples, no early stopping), continuing if fitted."""
+        """One epoch over ``(X, y)`` (all samples, no early stopping, constant rate ``lr``),
+        continuing if fitted."""
         return self._fit(X, y, incremental=hasattr(self, "module_"), epochs=1)
 
-    def _fit(self, X, y, incremental: bool, epochs: int | None = None):
-        data = self._prepare(X, y, incremental, validate=epochs is None and self.early_stopping)
+    def _fit(self, X, y, incremental: bool, epochs: int | None = None, validation=(None, None), groups=None):
+        partial = epochs is not None  # partial_fit: one epoch, no validation, no schedule
+        data = self._prepare(X, y, incremental, not partial and self.early_stopping, validation, groups)
         earlier_history = self.history_ if incremental else []
         state = self._start(data, incremental)
         first_epoch = self.n_epochs_ + 1 if incremental else 1
         epochs = range(first_epoch, first_epoch + (epochs or self.max_epochs))
-        state, optimizer_state = self._train(data, state, epochs, earlier_history, incremental or state is not None)
-        return self._finish(data, state, optimizer_state, earlier_history)
+        self.precision_, self.channels_last_ = self._resolved_precision()
+        continued = incremental or state is not None
+        state, optimizer_state = self._train(data, state, epochs, earlier_history, continued, partial)
+        return self._finish(data, state, optimizer_state, earlier_history, epochs, partial)
 
-    def _prepare(self, X, y, incremental: bool, validate: bool) -> _FitData:
+    def _prepare(self, X, y, incremental: bool, validate: bool, validation=(None, None), groups=None) -> _FitData:
         """Check the parameters and data; scan the targets once; choose the validation rows."""
         self._validate_params()
         register_cebra_pickling()  # the CEBRA step before this decoder pickles
@@ -344,11 +428,9 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
                 f"y must have the form of the targets the decoder was fitted on ({self.target_format_}), "
                 f"got {target_format}."
             )
-        # round() first: 0.1 * 60 is 6.000000000000001 in floating point, not 6.
-        n_valid = math.ceil(round(self.validation_fraction * len(X), 6)) if validate else 0
-        held_out = validation_mask(len(X), n_valid)
         images = target_format.to_images(y)
-        scan = scan_targets(images, held_out, "y")
+        val = self._validation_data(X, validation, groups, validate, output_shape, target_format)
+        scan = scan_targets(images, "y")
         if incremental:
             target_format = self.target_format_.widened(scan)
         else:
@@ -359,17 +441,65 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
                 f"loss='bce' needs targets in [0, 1] (uint8 masks holding only 0 and 1 are read as 0/1), "
                 f"got values in [{scan.low}, {scan.high}]."
             )
-        if validate and (n_valid < 1 or len(X) - n_valid < 1):
+        held_out, excluded, reason = self._split(X, scan, validate, val, groups)
+        scan.leave_out(images, held_out | excluded)
+        digest = hashlib.sha256(np.ascontiguousarray(X).tobytes())
+        for part in (held_out, excluded) + ((val[0],) if val else ()):
+            digest.update(np.ascontiguousarray(part).tobytes())
+        fingerprint = {
+            "n_samples": len(X),
+            "inputs_sha256": digest.hexdigest(),
+            "target_format": target_format.to_json(),
+        }
+        return _FitData(X, target_format, images, scan, held_out, excluded, val, reason, fingerprint)
+
+    def _validation_data(self, X, validation, groups, validate: bool, output_shape, target_format) -> tuple | None:
+        """``(X_val, images of y_val)`` checked, or None; checks ``groups``."""
+        X_val, y_val = validation
+        if (X_val is None) != (y_val is None):
+            raise ValueError("X_val and y_val must be passed together.")
+        if groups is not None and len(groups) != len(X):
+            raise ValueError(f"groups must have one entry per sample of X ({len(X)}), got {len(groups)}.")
+        if X_val is None:
+            return None
+        if not validate:
+            raise ValueError("X_val and y_val are validation data for early stopping; set early_stopping=True.")
+        if groups is not None:
+            raise ValueError("groups choose a validation split of X; with X_val and y_val there is none: pass one or the other.")
+        if len(X_val) == len(X):
+            raise ValueError(
+                f"X_val must not have as many samples as X ({len(X)}): a scikit-learn search (GridSearchCV, "
+                "cross_validate) slices every fit parameter of that length to the training fold, so X_val would "
+                "silently become a part of X_val. Pass an X_val of another length (drop or add one sample)."
+            )
+        X_val = self._validate_X(X_val, reset=False, name="X_val")
+        y_val = as_array(y_val, "y_val")
+        if len(y_val) != len(X_val):
+            raise ValueError(f"X_val and y_val must have the same number of samples, got {len(X_val)} and {len(y_val)}.")
+        layout = "channels_last" if target_format.channels_last else "channels_first"
+        if TargetFormat.infer(y_val, output_shape, self.output_channels, layout).form != target_format.form:
+            raise ValueError(f"y_val must have the form of y ({target_format}).")
+        images = target_format.to_images(y_val)
+        scan_targets(images, "y_val")  # finite values
+        return X_val, images
+
+    def _split(self, X, scan: TargetScan, validate: bool, val, groups) -> tuple[np.ndarray, np.ndarray, str]:
+        """Validation and gap masks ``(N,)`` and the reason: the leak-free frame split of
+        the frames' hashes (or of ``groups``), unless ``X_val`` was given or no validation."""
+        none = np.zeros(len(X), dtype=bool)
+        if not validate:
+            return none, none, "no validation (early_stopping=False or partial_fit)"
+        if val is not None:
+            return none, none, f"X_val and y_val as given ({len(val[0])} samples)"
+        if self.validation_fraction == 0 or len(X) < 2:
             raise ValueError(
                 f"early_stopping needs at least one training and one validation sample "
                 f"(validation_fraction={self.validation_fraction}), got {len(X)} sample(s)."
             )
-        fingerprint = {
-            "n_samples": len(X),
-            "inputs_sha256": hashlib.sha256(np.ascontiguousarray(X).tobytes()).hexdigest(),
-            "target_format": target_format.to_json(),
-        }
-        return _FitData(X, target_format, images, scan, held_out, fingerprint)
+        keys = scan.frame_digests if groups is None else np.asarray(groups)
+        split = frame_validation_split(frame_ids(keys), self.validation_fraction)
+        source = "frames found by hashing the targets" if groups is None else "frames given by groups"
+        return split.held_out, split.excluded, f"{source}: {split.reason}"
 
     def _start(self, data: _FitData, incremental: bool) -> TrainingState | None:
         """Continue the fitted decoder, resume the checkpoint at ``checkpoint_path``, or
@@ -382,8 +512,9 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         self._initialise(data)
         return None
 
-    def _train(self, data: _FitData, state: TrainingState | None, epochs: range, earlier_history: list, continued: bool):
-        """Run the trainer over ``epochs`` (``continued``: with the fitted optimizer state);
+    def _train(self, data: _FitData, state: TrainingState | None, epochs: range, earlier_history: list, continued: bool, partial: bool):
+        """Run the trainer over ``epochs`` (``continued``: with the fitted optimizer state;
+        ``partial``: a ``partial_fit`` epoch, without a schedule);
         the module is back on the CPU afterwards, also after an error. Returns the training
         state and the optimizer's state."""
         device = resolve_device(self.device)
@@ -393,21 +524,30 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
             optimizer.load_state_dict(self.optimizer_state_)
             for group in optimizer.param_groups:
                 group.update(lr=self.lr, weight_decay=self.weight_decay)
-        X, held_out = data.X, data.held_out
-        noise = torch.from_numpy(self.embedding_noise * X[~held_out].std(axis=0)) if self.embedding_noise else None
+                group.pop("initial_lr", None)  # a schedule of this call starts from lr
+        X, held_out, excluded = data.X, data.held_out, data.excluded
+        training_rows = ~(held_out | excluded)
+        noise = torch.from_numpy(self.embedding_noise * X[training_rows].std(axis=0)) if self.embedding_noise else None
         trainer = self._trainer(device, noise)
 
         def write_checkpoint(state: TrainingState) -> None:
             history = earlier_history + state.history
             save_checkpoint(self.checkpoint_path, self, model, optimizer.state_dict(), history, state, data.fingerprint)
 
-        callbacks = self._callbacks(held_out.any(), write_checkpoint)
+        validation = None
+        if data.validation is not None:
+            X_val, val_images = data.validation
+            validation = torch.from_numpy(X_val), data.target_format.to_tensor(val_images)
+        scheduled = self.lr_schedule == "warmup_cosine" and not partial
+        callbacks = self._callbacks(held_out.any() or validation is not None, scheduled, write_checkpoint)
         inputs, targets = torch.from_numpy(X), data.target_format.to_tensor(data.images)
         try:
             state, out_of_memory = catch_out_of_memory(
                 lambda: trainer.fit(
                     model, optimizer, inputs, targets, epochs=epochs,
-                    held_out=torch.from_numpy(held_out) if held_out.any() else None, state=state, callbacks=callbacks,
+                    held_out=torch.from_numpy(held_out) if held_out.any() else None,
+                    excluded=torch.from_numpy(excluded) if excluded.any() else None,
+                    validation=validation, state=state, callbacks=callbacks,
                 )
             )
         finally:
@@ -426,21 +566,36 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
             )
         return state, _to_cpu(optimizer.state_dict())
 
-    def _callbacks(self, validate: bool, write_checkpoint) -> list:
+    def _callbacks(self, validate: bool, scheduled: bool, write_checkpoint) -> list:
         """The built-in callbacks of a fit, then fresh copies of the user's."""
-        callbacks = [WeightAveraging(self.ema_decay)] if self.ema_decay else []
-        callbacks += [EarlyStopping(self.patience)] if validate else []
+        callbacks = [LRScheduler(warmup_cosine_scheduler, total_steps=TOTAL_STEPS)] if scheduled else []
+        callbacks += [WeightAveraging(self.ema_decay)] if self.ema_decay else []
+        callbacks += [EarlyStopping(self.n_iter_no_change, self.tol, 0.5 if scheduled else 0.0)] if validate else []
         callbacks += [Checkpoint(write_checkpoint, self.checkpoint_every)] if self.checkpoint_path is not None else []
         callbacks += [ProgressBar()] if self.verbose else []
         return callbacks + copy.deepcopy(list(self.callbacks or []))
 
-    def _finish(self, data: _FitData, state: TrainingState, optimizer_state: dict, earlier_history: list):
-        """Keep the outcome as fitted attributes; warn and re-raise after Ctrl-C; write the
-        final checkpoint."""
+    def _finish(self, data: _FitData, state: TrainingState, optimizer_state: dict, earlier_history: list, epochs: range, partial: bool):
+        """Keep the outcome as fitted attributes; warn and re-raise after Ctrl-C, or when a
+        fit ended at ``max_epochs`` still improving; write the final checkpoint."""
         self.optimizer_state_ = optimizer_state
         self.history_ = earlier_history + state.history
         self.n_epochs_ = self.history_[-1]["epoch"] if self.history_ else 0
         self.best_epoch_ = state.best_epoch
+        self.validation_mask_, self.excluded_mask_, self.validation_reason_ = data.held_out, data.excluded, data.reason
+        epochs_run = self.n_epochs_ - epochs.start + 1
+        self.stop_reason_ = (
+            INTERRUPTED if state.interrupted else None if partial else STOP_RULE if state.stopped else MAX_EPOCHS
+        )
+        improved = None if state.improved_epoch is None else state.improved_epoch - epochs.start + 1
+        if not partial and still_improving(epochs_run, len(epochs), improved, self.n_iter_no_change):
+            warnings.warn(
+                f"The validation loss was still improving by more than tol={self.tol:g} (relative) in the last "
+                f"{self.n_iter_no_change} epoch(s) when the fit reached max_epochs={self.max_epochs}: "
+                "raise max_epochs (the schedule stretches with it) or lr.",
+                ConvergenceWarning,
+                stacklevel=4,
+            )
         if state.interrupted:
             warnings.warn(
                 f"Training was interrupted after {len(state.history)} complete epoch(s); the decoder keeps "
@@ -494,12 +649,20 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
 
     def _trainer(self, device: torch.device, input_noise: torch.Tensor | None = None) -> Trainer:
         """The trainer for this decoder's loss, targets and settings on ``device``."""
-        autocast = torch.bfloat16 if self.precision == "bfloat16" else None
+        autocast = torch.bfloat16 if self._resolved_precision()[0] == "bfloat16" else None
         encode = self.target_format_.encode_batch
         return Trainer(self._training_loss(), encode, self.batch_size, device, autocast, self.seed_, input_noise)
 
     def _memory_format(self) -> torch.memory_format:
-        return torch.channels_last if self.channels_last else torch.contiguous_format
+        return torch.channels_last if self._resolved_precision()[1] else torch.contiguous_format
+
+    def _resolved_precision(self) -> tuple[str, bool]:
+        """``(precision, channels_last)`` on the configured device (``"auto"`` resolved)."""
+        device = self._inference_device()
+        precision = fastest_precision(device) if self.precision == "auto" else self.precision
+        if self.channels_last != "auto":
+            return precision, self.channels_last
+        return precision, device.type == "cuda" or precision == "bfloat16"
 
     def _training_loss(self):
         """The loss being minimised, in network units (targets' span times the value scale)."""
@@ -548,9 +711,10 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
             raise _out_of_memory("predict", "It failed even one sample at a time: predict with device='cpu'.")
         return out
 
-    def _validate_X(self, X, reset: bool) -> np.ndarray:
-        """``X`` as a float32 ``(N, D)`` array; a TypeError naming ``X`` for non-numbers."""
-        check_numbers(X, "X")
+    def _validate_X(self, X, reset: bool, name: str = "X") -> np.ndarray:
+        """``X`` (or ``X_val``: ``name``) as a float32 ``(N, D)`` array; a TypeError naming
+        it for non-numbers."""
+        check_numbers(X, name)
         return validate_data(self, X, reset=reset, dtype=np.float32)
 
     def evaluate_loss(self, X, y) -> float:

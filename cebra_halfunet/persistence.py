@@ -30,8 +30,16 @@ FORMAT_VERSION = 2
 _HEADER_KEY = "cebra_halfunet"
 #: Fitted attributes stored as JSON in decoder files (besides the weights and target_format_).
 _FITTED_METADATA = ("data_range_", "seed_", "n_features_in_", "history_", "n_epochs_", "best_epoch_")
-#: Parameters of files written before they existed, with the value that rebuilds those decoders.
-_EARLIER_DEFAULTS = {"ensemble_size": 1, "body": "auto", "target_layout": "channels_first", "clip_predictions": False}
+#: Fitted attributes stored since issue 22 (None when a file from before lacks them).
+_LATER_METADATA = ("stop_reason_", "validation_reason_")
+#: Parameters of files written before they existed, with the value that rebuilds those
+#: decoders (and continues training them as they were trained).
+_EARLIER_DEFAULTS = {
+    "ensemble_size": 1, "body": "auto", "target_layout": "channels_first", "clip_predictions": False,
+    "lr_schedule": "constant", "tol": 0.0, "precision": "float32", "channels_last": False,
+}
+#: Parameters renamed since, by their earlier name.
+_RENAMED = {"patience": "n_iter_no_change"}
 #: Parameters that may differ between a checkpointed run and the fit that resumes it.
 _RUN_ONLY_PARAMS = {"verbose", "device", "checkpoint_path", "checkpoint_every", "callbacks"}
 
@@ -152,7 +160,10 @@ def save_checkpoint(path, estimator, module, optimizer_state: dict, history: lis
     weights, best loss) and the ``fingerprint`` of the data it was trained on."""
     tensors, metadata = _estimator_contents(estimator, module, optimizer_state, history)
     metadata["fitted"]["best_epoch_"] = state.best_epoch
-    metadata["training"] = {"best_loss": state.best_loss, "average_steps": state.average_steps, "fingerprint": fingerprint}
+    metadata["training"] = {
+        "best_loss": state.best_loss, "improved_epoch": state.improved_epoch,
+        "average_steps": state.average_steps, "fingerprint": fingerprint,
+    }
     tensors.update({f"best.{name}": value for name, value in (state.best_weights or {}).items()})
     tensors.update({f"average.{name}": value for name, value in (state.average_weights or {}).items()})
     write_file(path, tensors, metadata)
@@ -163,7 +174,7 @@ def _estimator_contents(estimator, module, optimizer_state: dict, history: list)
     tensors = {f"module.{name}": value for name, value in module.state_dict().items()}
     for index, moments in optimizer_state["state"].items():
         tensors.update({f"optimizer.{index}.{name}": value for name, value in moments.items()})
-    fitted = {name: getattr(estimator, name) for name in _FITTED_METADATA}
+    fitted = {name: getattr(estimator, name, None) for name in _FITTED_METADATA + _LATER_METADATA}
     fitted.update(history_=history, n_epochs_=history[-1]["epoch"] if history else 0, target_format_=estimator.target_format_.to_json())
     metadata = {
         "estimator": type(estimator).__name__,
@@ -180,7 +191,7 @@ def load_estimator(cls, path):
     if metadata.get("estimator") != cls.__name__:
         raise ValueError(f"path {os.fspath(path)!r} holds a {metadata.get('estimator')!r}, not a {cls.__name__}.")
     try:
-        estimator = cls(**{**_EARLIER_DEFAULTS, **metadata["params"]})
+        estimator = cls(**_file_params(metadata))
     except (KeyError, TypeError) as error:
         raise ValueError(f"path {os.fspath(path)!r} has parameters {cls.__name__} does not take: {error}.") from None
     if isinstance(estimator.output_shape, list):
@@ -190,6 +201,13 @@ def load_estimator(cls, path):
     return estimator
 
 
+def _file_params(metadata: dict) -> dict:
+    """A file's parameters under today's names, with the values of earlier versions for
+    parameters the file predates."""
+    params = {_RENAMED.get(name, name): value for name, value in metadata.get("params", {}).items()}
+    return {**_EARLIER_DEFAULTS, **params}
+
+
 def _restore(estimator, path, metadata: dict, tensors: dict) -> None:
     """Set the estimator's fitted attributes from a decoder file's contents."""
     try:
@@ -197,6 +215,9 @@ def _restore(estimator, path, metadata: dict, tensors: dict) -> None:
         estimator.target_format_ = TargetFormat.from_json(fitted["target_format_"])
         for name in _FITTED_METADATA:
             setattr(estimator, name, fitted[name])
+        for name in _LATER_METADATA:
+            setattr(estimator, name, fitted.get(name))
+        estimator.precision_, estimator.channels_last_ = estimator._resolved_precision()
         estimator.module_ = estimator._build_module(estimator.target_format_)
         estimator.module_.load_state_dict(_with_prefix(tensors, "module."))
         moments: dict[int, dict] = {}
@@ -215,7 +236,7 @@ def resume_checkpoint(estimator, fingerprint: dict) -> TrainingState:
     path = estimator.checkpoint_path
     metadata, tensors = read_file(path)
     ours = {k: v for k, v in _json_params(estimator.get_params(deep=False)).items() if k not in _RUN_ONLY_PARAMS}
-    theirs = {k: v for k, v in {**_EARLIER_DEFAULTS, **metadata.get("params", {})}.items() if k not in _RUN_ONLY_PARAMS}
+    theirs = {k: v for k, v in _file_params(metadata).items() if k not in _RUN_ONLY_PARAMS}
     training = metadata.get("training")
     if ours != theirs or training is None or training.get("fingerprint") != fingerprint:
         what = "parameters" if ours != theirs else "data (X or the form of y)" if training else "kind of file (not a checkpoint)"
@@ -229,6 +250,7 @@ def resume_checkpoint(estimator, fingerprint: dict) -> TrainingState:
         best_loss=training["best_loss"],
         best_epoch=estimator.best_epoch_,
         best_weights=_with_prefix(tensors, "best.") or None,
+        improved_epoch=training.get("improved_epoch", estimator.best_epoch_),
         average_weights=_with_prefix(tensors, "average.") or None,
         average_steps=training["average_steps"],
     )

@@ -22,10 +22,12 @@ from __future__ import annotations
 import math
 import mmap
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+
+from .splits import frame_digests
 
 #: Rows read at a time when scanning the targets (bounds temporary memory).
 _CHUNK = 1024
@@ -380,57 +382,75 @@ class TargetScan:
         Smallest and largest value, in stored units (NaN or infinity if present).
     total, squares : ndarray ``(C, H, W)``, float64
         Sum and sum of squares of each pixel over all frames, in stored units.
-    held_out_total, held_out_squares : ndarray ``(C, H, W)``, float64
-        The same over the held-out (validation) frames alone.
-    n_frames, n_held_out : int
+    left_out_total, left_out_squares : ndarray ``(C, H, W)``, float64
+        The same over the frames set aside from training (:meth:`leave_out`).
+    digests : list of ndarray ``S16``
+        Each chunk's frame digests (:func:`~cebra_halfunet.splits.frame_digests`);
+        concatenated by :attr:`frame_digests`.
+    n_frames, n_left_out : int
     """
 
     low: float
     high: float
     total: np.ndarray
     squares: np.ndarray
-    held_out_total: np.ndarray
-    held_out_squares: np.ndarray
+    left_out_total: np.ndarray
+    left_out_squares: np.ndarray
+    digests: list = field(default_factory=list)
     n_frames: int = 0
-    n_held_out: int = 0
+    n_left_out: int = 0
 
     @classmethod
     def empty(cls, frame_shape: tuple[int, ...]) -> TargetScan:
         zeros = lambda: np.zeros(frame_shape, dtype=np.float64)  # noqa: E731
         return cls(np.inf, -np.inf, zeros(), zeros(), zeros(), zeros())
 
-    def add(self, chunk: np.ndarray, held_out: np.ndarray) -> None:
-        """Take in a chunk of frames ``(n, C, H, W)`` and its held-out mask ``(n,)``."""
+    def add(self, chunk: np.ndarray) -> None:
+        """Take in a chunk of frames ``(n, C, H, W)``."""
         self.low, self.high = min(self.low, float(chunk.min())), max(self.high, float(chunk.max()))
         values = chunk.astype(np.float64)
         self.total += values.sum(axis=0)
         self.squares += np.square(values).sum(axis=0)
-        self.held_out_total += values[held_out].sum(axis=0)
-        self.held_out_squares += np.square(values[held_out]).sum(axis=0)
+        self.digests.append(frame_digests(chunk))
         self.n_frames += len(chunk)
-        self.n_held_out += int(held_out.sum())
+
+    @property
+    def frame_digests(self) -> np.ndarray:
+        """Digest of each frame's stored bytes, ``(N,)`` ``S16``: equal frames, equal digests."""
+        return np.concatenate(self.digests) if self.digests else np.zeros(0, dtype="S16")
+
+    def leave_out(self, images: np.ndarray | DiskImages, rows: np.ndarray) -> None:
+        """Set the frames at ``rows`` (bool ``(N,)``: validation and gap rows) aside from the
+        moments, reading only those rows again."""
+        index = np.flatnonzero(rows)
+        for start in range(0, len(index), _CHUNK):
+            part = index[start : start + _CHUNK]
+            values = (images.read_rows(part) if isinstance(images, DiskImages) else images[part]).astype(np.float64)
+            self.left_out_total += values.sum(axis=0)
+            self.left_out_squares += np.square(values).sum(axis=0)
+        self.n_left_out += len(index)
 
     def moments(self, value_scale: float = 1.0) -> tuple[np.ndarray, float]:
         """Mean image ``(C, H, W)`` (float32) and the standard deviation of all pixels
-        around it, over the frames not held out, in units of ``value_scale`` times the
-        stored values (the validation frames' share subtracted from the totals)."""
-        count = self.n_frames - self.n_held_out
-        mean = (self.total - self.held_out_total) * value_scale / count
-        mean_square = (self.squares - self.held_out_squares) * value_scale**2 / count
+        around it, over the training frames (those set aside subtracted from the totals),
+        in units of ``value_scale`` times the stored values."""
+        count = self.n_frames - self.n_left_out
+        mean = (self.total - self.left_out_total) * value_scale / count
+        mean_square = (self.squares - self.left_out_squares) * value_scale**2 / count
         variance = max(float((mean_square - mean**2).mean()), 0.0)
         return mean.astype(np.float32), float(np.sqrt(variance))
 
 
-def scan_targets(images: np.ndarray | DiskImages, held_out: np.ndarray, name: str = "y") -> TargetScan:
-    """One chunked pass over the targets ``(N, C, H, W)`` (in memory or on disk); raises
-    if they hold NaN or infinity. ``held_out``: boolean mask ``(N,)`` of validation frames.
+def scan_targets(images: np.ndarray | DiskImages, name: str = "y") -> TargetScan:
+    """One chunked pass over the targets ``(N, C, H, W)`` (in memory or on disk): range,
+    moments, frame digests; raises if they hold NaN or infinity.
 
     A NaN or an infinity anywhere makes the minimum or the maximum non-finite, so the
     range and the finiteness check come from the same pass as the moments.
     """
     scan = TargetScan.empty(images.shape[1:])
-    for start, chunk in zip(range(0, len(images), _CHUNK), _chunks(images)):
-        scan.add(chunk, held_out[start : start + len(chunk)])
+    for chunk in _chunks(images):
+        scan.add(chunk)
     if not (np.isfinite(scan.low) and np.isfinite(scan.high)):
         raise ValueError(f"{name} contains NaN or infinity.")
     return scan

@@ -73,6 +73,21 @@ def resolve_device(device) -> torch.device:
     return resolved
 
 
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX instructions;
+    those without emulate bfloat16 in float32 and gain nothing)."""
+    return any(getattr(torch.cpu, check, lambda: False)() for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def fastest_precision(device: torch.device) -> str:
+    """What ``precision="auto"`` resolves to on ``device``, as measured: ``"bfloat16"`` on a
+    CPU with bf16 units (1.6x float32 on a 2-core AVX512-BF16 EPYC), otherwise ``"float32"``:
+    on CUDA, bf16 autocast was slower than float32 at the batch sizes a fit uses (0.73x
+    at batch 32, 128x256, and at batch 128, 64x128, on an H200) and faster only from
+    batch 128 at 128x256 (``benchmarks/RESULTS.md``, GPU check)."""
+    return "bfloat16" if device.type == "cpu" and cpu_has_bf16_units() else "float32"
+
+
 def release_device_memory() -> None:
     """Free what the caching allocator holds, so that the next fit (a grid search) has it."""
     gc.collect()
@@ -152,6 +167,9 @@ class TrainingState:
         Lowest validation loss so far and its epoch (None before the first).
     best_weights : dict or None
         State dict of the best epoch (kept when early stopping is on).
+    improved_epoch : int or None
+        Last epoch whose validation loss was lower than the best before it by more than
+        the fraction ``tol`` of it (the stop rule's).
     average_weights : dict or None
         State dict of the weight average (when averaging). Its tensors are the average's
         own, not a copy: they hold the average after the last completed epoch until
@@ -160,15 +178,19 @@ class TrainingState:
         Updates that average has had.
     interrupted : bool
         The run was stopped by Ctrl-C (KeyboardInterrupt).
+    stopped : bool
+        A callback (the stop rule) ended the run (also when it fired at the last epoch).
     """
 
     history: list[dict] = field(default_factory=list)
     best_loss: float = math.inf
     best_epoch: int | None = None
     best_weights: dict | None = None
+    improved_epoch: int | None = None
     average_weights: dict | None = None
     average_steps: int = 0
     interrupted: bool = False
+    stopped: bool = False
 
 
 class WeightAverage:
@@ -297,7 +319,9 @@ class Trainer:
         self.loss_fn, self.encode, self.batch_size, self.device = loss_fn, encode, batch_size, device
         self.autocast, self.seed, self.input_noise = autocast, seed, input_noise
 
-    def fit(self, model, optimizer, X, Y, *, epochs: range, held_out=None, state=None, callbacks=()) -> TrainingState:
+    def fit(
+        self, model, optimizer, X, Y, *, epochs: range, held_out=None, excluded=None, validation=None, state=None, callbacks=()
+    ) -> TrainingState:
         """Train ``model`` in place with mini-batches drawn from seeded permutations.
 
         Parameters
@@ -312,6 +336,11 @@ class Trainer:
             Rows held out for validation, evaluated after every epoch (the
             ``valid_loss`` of the history); training uses the other rows. Indexed in
             place, never copied.
+        excluded : Tensor, bool, ``(N,)``, optional
+            Rows in neither part (the gap around the validation frames).
+        validation : (Tensor, Tensor), optional
+            Validation inputs and targets of their own (``X_val``, ``y_val``), in place of
+            ``held_out``.
         state : TrainingState, optional
             State of an earlier, unfinished run of the same call (from a checkpoint): the
             run continues after its last epoch.
@@ -327,9 +356,18 @@ class Trainer:
         """
         model.to(self.device)
         X, Y = _resident([X, Y], self.device)
-        rows = torch.arange(len(X)) if held_out is None else torch.nonzero(~held_out).squeeze(1)
-        valid_rows = None if held_out is None else torch.nonzero(held_out).squeeze(1)
-        probe = self._probe_rows(rows, valid_rows)
+        left_out = torch.zeros(len(X), dtype=torch.bool)
+        for mask in (mask for mask in (held_out, excluded) if mask is not None):
+            left_out |= mask
+        rows = torch.nonzero(~left_out).squeeze(1)
+        if validation is not None:
+            X_val, Y_val, valid_rows = *_resident(list(validation), self.device), None
+            n_valid = len(X_val)
+        else:
+            X_val, Y_val = X, Y
+            valid_rows = None if held_out is None else torch.nonzero(held_out).squeeze(1)
+            n_valid = None if held_out is None else len(valid_rows)
+        probe = self._probe_rows(rows, n_valid)
         steps = math.ceil(len(rows) / self.batch_size)
         run = Run(self, model, optimizer, state if state is not None else TrainingState(), epochs, steps, model)
         _notify(callbacks, "on_train_begin", run)
@@ -349,19 +387,21 @@ class Trainer:
                     break
                 train_loss = self.evaluate(run.evaluated, X, Y, probe)
                 record = {"epoch": epoch, "train_loss": train_loss, "batch_loss": batch_loss, "valid_loss": None}
-                if valid_rows is not None:
-                    record["valid_loss"] = self.evaluate(run.evaluated, X, Y, valid_rows)
+                if n_valid is not None:
+                    record["valid_loss"] = self.evaluate(run.evaluated, X_val, Y_val, valid_rows)
                 record["duration_s"] = time.perf_counter() - started
                 run.state.history.append(record)
                 _notify(callbacks, "on_epoch_end", run, record)
+        run.state.stopped = run.stop
         _notify(callbacks, "on_train_end", run)
         return run.state
 
-    def _probe_rows(self, rows: torch.Tensor, valid_rows: torch.Tensor | None) -> torch.Tensor:
+    def _probe_rows(self, rows: torch.Tensor, n_valid: int | None) -> torch.Tensor:
         """The training rows whose loss is the ``train_loss`` of the history: as many as the
-        validation rows (a tenth of the training rows without them), drawn once with the
-        seed from a generator of their own, so that training draws the same numbers."""
-        n = len(valid_rows) if valid_rows is not None else math.ceil(len(rows) * TRAIN_PROBE_FRACTION)
+        ``n_valid`` validation samples (a tenth of the training rows without them), drawn
+        once with the seed from a generator of their own, so that training draws the same
+        numbers."""
+        n = n_valid if n_valid is not None else math.ceil(len(rows) * TRAIN_PROBE_FRACTION)
         generator = torch.Generator().manual_seed(self.seed)
         return rows[torch.randperm(len(rows), generator=generator)[: min(n, len(rows))]].sort().values
 

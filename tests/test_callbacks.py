@@ -8,9 +8,8 @@ from sklearn.base import clone
 
 from cebra_halfunet import HalfUNetRegressor
 from cebra_halfunet.callbacks import TOTAL_STEPS, Callback, LRScheduler
-from cebra_halfunet.training import validation_mask
 
-FAST = dict(latent_dim=16, max_epochs=3, batch_size=16, random_state=0, ensemble_size=1)
+FAST = dict(latent_dim=16, max_epochs=3, batch_size=16, random_state=0, ensemble_size=1, lr=1e-3, lr_schedule="constant")
 
 
 class Recorder(Callback):
@@ -67,10 +66,12 @@ def test_train_loss_is_measured_as_the_validation_loss(data, early_stopping):
     model = HalfUNetRegressor(**(FAST | params)).fit(z, images)
     record = model.history_[-1]
     assert set(record) == {"epoch", "train_loss", "batch_loss", "valid_loss", "duration_s"}
-    # kept (averaged) weights, no noise, on 6 training rows drawn with the seed: as many as
+    # kept (averaged) weights, no noise, on training rows drawn with the seed: as many as
     # the validation rows, or a tenth of the rows without them
-    rows = np.flatnonzero(~validation_mask(60, 6 if early_stopping else 0))
+    rows = np.flatnonzero(~(model.validation_mask_ | model.excluded_mask_))
+    n_probe = model.validation_mask_.sum() if early_stopping else 6
+    assert len(rows) == (60 - 6 - 3 if early_stopping else 60)  # 6 held out, a 3-frame gap before them
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(model.seed_)).numpy()
-    probe = np.sort(rows[order[:6]])
+    probe = np.sort(rows[order[:n_probe]])
     assert record["train_loss"] == pytest.approx(model.evaluate_loss(z[probe], images[probe]), rel=1e-5)
     assert record["batch_loss"] != pytest.approx(record["train_loss"], rel=1e-3)

@@ -10,7 +10,7 @@ from cebra_halfunet import HalfUNetRegressor
 
 from .conftest import at_training_batch
 
-FAST = dict(latent_dim=16, max_epochs=6, batch_size=16, patience=2, random_state=0)  # 4 training batches/epoch
+FAST = dict(latent_dim=16, max_epochs=6, batch_size=16, n_iter_no_change=4, random_state=0, lr_schedule="warmup_cosine")  # 4 batches/epoch
 
 
 def crash():
@@ -32,6 +32,7 @@ def test_resumed_fit_equals_the_uninterrupted_run(data, tmp_path, monkeypatch, e
     assert [r["epoch"] for r in resumed.history_] == [r["epoch"] for r in reference.history_]
     np.testing.assert_allclose([r["valid_loss"] for r in resumed.history_], [r["valid_loss"] for r in reference.history_])
     assert resumed.best_epoch_ == reference.best_epoch_
+    assert resumed.stop_reason_ == reference.stop_reason_ == "stop rule" and reference.n_epochs_ == 5  # rule state resumed
     np.testing.assert_array_equal(resumed.predict(z), reference.predict(z))
     assert os.listdir(tmp_path) == ["run.safetensors"]  # no temporary files left
 

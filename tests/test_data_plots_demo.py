@@ -151,6 +151,7 @@ def test_demo_decodes_with_the_estimators_defaults():
 
     args, defaults = parse_args([]), HalfUNetRegressor()
     assert (args.loss, args.ensemble_size, args.latent_dim) == (defaults.loss, defaults.ensemble_size, defaults.latent_dim)
+    assert args.epochs is None  # no epoch cap: the estimator's max_epochs and stop rule
 
 
 def test_chunked_nearest_neighbours_predict_as_scikit_learn():

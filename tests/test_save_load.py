@@ -135,7 +135,7 @@ def test_files_from_another_torch_or_library_version_load(data, fitted, tmp_path
 
 def test_a_loaded_ensemble_predicts_the_mean_from_its_module(data, tmp_path):
     z, images = data
-    ensemble = HalfUNetRegressor(**FAST, early_stopping=False).fit(z, images)
+    ensemble = HalfUNetRegressor(**FAST, early_stopping=False, precision="float32").fit(z, images)  # module_ runs in float32
     ensemble.save(tmp_path / "decoder")
     loaded = HalfUNetRegressor.load(tmp_path / "decoder")
     assert len(loaded.module_.decoder.members) == 3
@@ -153,6 +153,27 @@ def test_files_from_before_a_parameter_load_with_its_earlier_behaviour(data, tmp
     loaded = HalfUNetRegressor.load(path)
     assert getattr(loaded, param) == default and not loaded.module_.decoder.is_large
     np.testing.assert_array_equal(loaded.predict(z), single.predict(z))
+
+
+def test_files_from_before_issue_22_load_with_the_old_names_and_behaviour(data, tmp_path):
+    z, images = data
+    model = HalfUNetRegressor(**FAST, ensemble_size=1, precision="float32", channels_last=False).fit(z, images)
+    path = tmp_path / "decoder"
+    model.save(path)
+
+    def as_before(header):
+        params, fitted = header["params"], header["fitted"]
+        params["patience"] = 7
+        for name in ("n_iter_no_change", "tol", "lr_schedule"):
+            params.pop(name)
+        for name in ("stop_reason_", "validation_reason_"):
+            fitted.pop(name)
+
+    rewrite(path, edit_metadata=as_before)
+    loaded = HalfUNetRegressor.load(path)
+    assert (loaded.n_iter_no_change, loaded.tol, loaded.lr_schedule) == (7, 0.0, "constant")
+    assert loaded.stop_reason_ is None and loaded.precision_ == "float32"
+    np.testing.assert_array_equal(loaded.predict(z), model.predict(z))
 
 
 def test_the_body_is_saved_and_loaded(data, tmp_path):
