@@ -190,8 +190,8 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
     channels_last : bool or "auto", default "auto"
         Train and predict with the convolution weights in channels-last memory layout
         (the fitted ``module_`` is returned to the standard layout). ``"auto"`` (resolved
-        in ``channels_last_``): on CUDA (1.02-1.16x float32 at batch 32-128 on an H200) and
-        with bfloat16 on the CPU (2.1x float32 together, 1.6x bf16 alone).
+        in ``channels_last_``): on CUDA (on an H200, 1.2-1.4x float32 at batch 128, 0.84-1.14x
+        at batch 32) and with bfloat16 on the CPU (2.1x float32 together, 1.6x bf16 alone).
     clip_predictions : bool, default True
         Clip predictions to the training targets' [min, max] (what ``imshow`` and image
         writers expect); ``False`` returns the network's output as it is. Decoder files

@@ -82,9 +82,9 @@ def cpu_has_bf16_units() -> bool:
 def fastest_precision(device: torch.device) -> str:
     """What ``precision="auto"`` resolves to on ``device``, as measured: ``"bfloat16"`` on a
     CPU with bf16 units (1.6x float32 on a 2-core AVX512-BF16 EPYC), otherwise ``"float32"``:
-    on CUDA, bf16 autocast was slower than float32 at the batch sizes a fit uses (0.73x
-    at batch 32, 128x256, and at batch 128, 64x128, on an H200) and faster only from
-    batch 128 at 128x256 (``benchmarks/RESULTS.md``, GPU check)."""
+    on CUDA, bf16 autocast was slower than float32 at the batch sizes a fit uses (0.73-0.78x
+    at batch 32 and 128x256, 0.86-0.87x at batch 128 and 64x128, on an H200, two runs) and
+    faster only from batch 128 at 128x256 (``benchmarks/RESULTS.md``, GPU check)."""
     return "bfloat16" if device.type == "cpu" and cpu_has_bf16_units() else "float32"
 
 
