@@ -64,6 +64,25 @@ def test_exact_repeats_are_held_out_together_by_their_hash(layout):
     assert "hashing" in model.validation_reason_ and "4 of 40 distinct frames" in model.validation_reason_
 
 
+@pytest.mark.parametrize("form", ["memmap", "uint8 channels-last"])
+def test_repeats_are_found_in_targets_on_disk_and_channels_last(form, tmp_path):
+    frames, codes = movie()
+    shown = LAYOUTS["interleaved"]
+    y = frames[shown]
+    if form == "memmap":
+        stored = np.lib.format.open_memmap(tmp_path / "y.npy", mode="w+", dtype=y.dtype, shape=y.shape)
+        stored[:] = y
+        stored.flush()
+        stored = np.load(tmp_path / "y.npy", mmap_mode="r")
+    else:
+        stored = np.round(y[..., None] * 255).astype(np.uint8)  # (N, H, W, 1), as a video reader gives
+    in_memory = regressor(max_epochs=1).fit(codes[shown], y)
+    model = regressor(max_epochs=1).fit(codes[shown], stored)
+    np.testing.assert_array_equal(model.validation_mask_, in_memory.validation_mask_)
+    np.testing.assert_array_equal(model.excluded_mask_, in_memory.excluded_mask_)
+    check_leak_free(shown, model.validation_mask_, model.excluded_mask_)
+
+
 def noisy_repeats():
     frames, codes = movie()
     shown = LAYOUTS["repeat-major"]
