@@ -480,9 +480,10 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
             raise ValueError("groups choose a validation split of X; with X_val and y_val there is none: pass one or the other.")
         if len(X_val) == len(X):
             raise ValueError(
-                f"X_val must not have as many samples as X ({len(X)}): a scikit-learn search (GridSearchCV, "
-                "cross_validate) slices every fit parameter of that length to the training fold, so X_val would "
-                "silently become a part of X_val. Pass an X_val of another length (drop or add one sample)."
+                f"X_val must not have as many samples as X ({len(X)}; inside a search, X is the training fold): a "
+                "scikit-learn search (GridSearchCV, cross_validate) slices every fit parameter of that length to the "
+                "training fold, so X_val would silently be cut to a part of itself. Pass an X_val of another length "
+                "(drop or add one sample)."
             )
         X_val = self._validate_X(X_val, reset=False, name="X_val")
         y_val = as_array(y_val, "y_val")

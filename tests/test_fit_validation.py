@@ -165,6 +165,13 @@ def test_validation_data_inside_a_search_pass_through_unsliced():
     assert search.best_estimator_.validation_reason_ == "X_val and y_val as given (7 samples)"
 
 
+def test_validation_data_as_long_as_a_training_fold_are_refused_saying_so():
+    frames, codes = movie(60)
+    search = GridSearchCV(regressor(), {"lr": [2e-3]}, cv=2, error_score="raise")
+    with pytest.raises(ValueError, match=r"as many samples as X \(30; inside a search, X is the training fold\)"):
+        search.fit(codes, frames, X_val=codes[:30], y_val=frames[:30])
+
+
 @pytest.mark.parametrize(
     "kwargs, params, message",
     [
