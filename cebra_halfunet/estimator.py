@@ -12,7 +12,7 @@ import copy
 import hashlib
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from numbers import Integral, Real
 
 import numpy as np
@@ -45,6 +45,18 @@ def _out_of_memory(stage: str, advice: str) -> torch.cuda.OutOfMemoryError:
         f"HalfUNetRegressor ran out of GPU memory during {stage}. {advice} "
         "The GPU memory it held has been released, so a search can go on with other settings."
     )
+
+
+def _check_groups(groups, n_samples: int) -> None:
+    """A ValueError naming ``groups`` unless it is one label per sample, none missing."""
+    groups = np.asarray(groups)
+    if groups.ndim != 1 or len(groups) != n_samples:
+        raise ValueError(f"groups must have one entry per sample of X ({n_samples}), got shape {groups.shape}.")
+    missing = groups != groups  # NaN
+    if groups.dtype == object:
+        missing = missing | np.array([group is None for group in groups])
+    if np.any(missing):
+        raise ValueError(f"groups must name the frame of every sample, got {int(np.sum(missing))} missing (NaN or None).")
 
 
 @dataclass
@@ -458,8 +470,8 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         X_val, y_val = validation
         if (X_val is None) != (y_val is None):
             raise ValueError("X_val and y_val must be passed together.")
-        if groups is not None and len(groups) != len(X):
-            raise ValueError(f"groups must have one entry per sample of X ({len(X)}), got {len(groups)}.")
+        if groups is not None:
+            _check_groups(groups, len(X))
         if X_val is None:
             return None
         if not validate:
@@ -468,17 +480,21 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
             raise ValueError("groups choose a validation split of X; with X_val and y_val there is none: pass one or the other.")
         if len(X_val) == len(X):
             raise ValueError(
-                f"X_val must not have as many samples as X ({len(X)}): a scikit-learn search (GridSearchCV, "
-                "cross_validate) slices every fit parameter of that length to the training fold, so X_val would "
-                "silently become a part of X_val. Pass an X_val of another length (drop or add one sample)."
+                f"X_val must not have as many samples as X ({len(X)}; inside a search, X is the training fold): a "
+                "scikit-learn search (GridSearchCV, cross_validate) slices every fit parameter of that length to the "
+                "training fold, so X_val would silently be cut to a part of itself. Pass an X_val of another length "
+                "(drop or add one sample)."
             )
         X_val = self._validate_X(X_val, reset=False, name="X_val")
         y_val = as_array(y_val, "y_val")
         if len(y_val) != len(X_val):
             raise ValueError(f"X_val and y_val must have the same number of samples, got {len(X_val)} and {len(y_val)}.")
         layout = "channels_last" if target_format.channels_last else "channels_first"
-        if TargetFormat.infer(y_val, output_shape, self.output_channels, layout).form != target_format.form:
-            raise ValueError(f"y_val must have the form of y ({target_format}).")
+        val_format = TargetFormat.infer(y_val, output_shape, self.output_channels, layout)
+        if val_format.dtype.kind == target_format.dtype.kind == "f":  # float64 y_val for float32 y: same units
+            val_format = replace(val_format, dtype=target_format.dtype)
+        if val_format.form != target_format.form:
+            raise ValueError(f"y_val must have the form of y ({target_format}), got {val_format}.")
         images = target_format.to_images(y_val)
         scan_targets(images, "y_val")  # finite values
         return X_val, images
@@ -715,7 +731,12 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         """``X`` (or ``X_val``: ``name``) as a float32 ``(N, D)`` array; a TypeError naming
         it for non-numbers."""
         check_numbers(X, name)
-        return validate_data(self, X, reset=reset, dtype=np.float32)
+        try:
+            return validate_data(self, X, reset=reset, dtype=np.float32)
+        except ValueError as error:
+            if name == "X":
+                raise
+            raise ValueError(f"{name} is not valid (scikit-learn's check calls it X): {error}") from None
 
     def evaluate_loss(self, X, y) -> float:
         """Mean training loss of the fitted decoder over ``(X, y)``, in network units

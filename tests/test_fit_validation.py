@@ -150,11 +150,26 @@ def test_validation_data_are_used_as_given():
     assert model.evaluate_loss(X_val, y_val) == pytest.approx(best, rel=1e-6)
 
 
+def test_validation_targets_may_be_another_float_dtype():
+    frames, codes = movie(20)
+    model = regressor().fit(codes, frames, X_val=codes[:5], y_val=frames[:5].astype(np.float64))
+    assert model.validation_reason_ == "X_val and y_val as given (5 samples)"
+    with pytest.raises(ValueError, match="y_val must have the form of y"):  # uint8 would be read as 0-255
+        regressor().fit(codes, frames, X_val=codes[:5], y_val=(255 * frames[:5]).astype(np.uint8))
+
+
 def test_validation_data_inside_a_search_pass_through_unsliced():
     frames, codes = movie(60)
     X_val, y_val = codes[:7], frames[:7]
     search = GridSearchCV(regressor(), {"lr": [2e-3]}, cv=2).fit(codes, frames, X_val=X_val, y_val=y_val)
     assert search.best_estimator_.validation_reason_ == "X_val and y_val as given (7 samples)"
+
+
+def test_validation_data_as_long_as_a_training_fold_are_refused_saying_so():
+    frames, codes = movie(60)
+    search = GridSearchCV(regressor(), {"lr": [2e-3]}, cv=2, error_score="raise")
+    with pytest.raises(ValueError, match=r"as many samples as X \(30; inside a search, X is the training fold\)"):
+        search.fit(codes, frames, X_val=codes[:30], y_val=frames[:30])
 
 
 @pytest.mark.parametrize(
@@ -165,11 +180,21 @@ def test_validation_data_inside_a_search_pass_through_unsliced():
         ({"X_val": "short", "y_val": "short"}, {"early_stopping": False}, "set early_stopping=True"),
         ({"X_val": "short", "y_val": "short", "groups": "groups"}, {}, "one or the other"),
         ({"X_val": "short", "y_val": "flat"}, {}, "y_val must have the form of y"),
+        ({"X_val": "with NaN", "y_val": "short"}, {}, "X_val is not valid.*NaN"),
+        ({"X_val": "narrow", "y_val": "short"}, {}, "X_val is not valid.*features"),
+        ({"groups": "with NaN"}, {}, "groups must name the frame of every sample, got 1 missing"),
+        ({"groups": "with None"}, {}, "groups must name the frame of every sample, got 1 missing"),
+        ({"groups": "column"}, {}, r"groups must have one entry per sample of X \(20\), got shape \(20, 1\)"),
     ],
 )
 def test_bad_validation_data_are_refused_before_training(kwargs, params, message, monkeypatch):
     frames, codes = movie(20)
-    values = {"same length": codes, "short": codes[:5], "flat": frames[:5].reshape(5, -1), "groups": np.arange(20)}
+    values = {
+        "same length": codes, "short": codes[:5], "flat": frames[:5].reshape(5, -1), "groups": np.arange(20),
+        "with NaN": np.r_[np.nan, np.arange(1.0, 20.0)], "narrow": codes[:5, :3], "column": np.arange(20)[:, None],
+        "with None": np.array([None] + list(range(1, 20)), dtype=object),
+    }
+    values["with NaN"] = values["with NaN"] if "groups" in kwargs else np.where(np.arange(5)[:, None] == 0, np.nan, codes[:5])
     monkeypatch.setattr(Trainer, "fit", lambda *a, **k: pytest.fail("trained"))
     fit_kwargs = {name: values[value] for name, value in kwargs.items()}
     if "X_val" in kwargs and kwargs["X_val"] == "same length":
