@@ -240,9 +240,10 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
     best_epoch_ : int or None
         Epoch whose weights were kept by early stopping.
     stop_reason_ : str or None
-        Why the last ``fit`` ended: ``"stop rule"`` (early stopping), ``"max_epochs"`` or
-        ``"interrupted"`` (Ctrl-C) (:mod:`~cebra_halfunet.stopping`); None after
-        ``partial_fit``. A fit that ends at ``max_epochs`` with its last improvement among
+        Why the last ``fit`` ended: ``"stop rule"`` (early stopping; also when the rule was
+        met at the last of ``max_epochs``: the fit had stopped improving by then),
+        ``"max_epochs"`` or ``"interrupted"`` (Ctrl-C) (:mod:`~cebra_halfunet.stopping`);
+        None after ``partial_fit``. A fit that ends at ``max_epochs`` with its last improvement among
         the last ``n_iter_no_change`` epochs warns with a ``ConvergenceWarning``.
     validation_mask_ : ndarray, bool ``(N,)``
         Samples of the last ``fit``'s ``X`` held out for validation (all False with
@@ -478,6 +479,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
             raise ValueError("X_val and y_val are validation data for early stopping; set early_stopping=True.")
         if groups is not None:
             raise ValueError("groups choose a validation split of X; with X_val and y_val there is none: pass one or the other.")
+        X_val = self._validate_X(X_val, reset=False, name="X_val")
         if len(X_val) == len(X):
             raise ValueError(
                 f"X_val must not have as many samples as X ({len(X)}; inside a search, X is the training fold): a "
@@ -485,7 +487,6 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
                 "training fold, so X_val would silently be cut to a part of itself. Pass an X_val of another length "
                 "(drop or add one sample)."
             )
-        X_val = self._validate_X(X_val, reset=False, name="X_val")
         y_val = as_array(y_val, "y_val")
         if len(y_val) != len(X_val):
             raise ValueError(f"X_val and y_val must have the same number of samples, got {len(X_val)} and {len(y_val)}.")

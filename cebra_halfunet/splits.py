@@ -159,10 +159,13 @@ def frame_validation_split(
             f"their copies ({held_out.sum()} samples); {excluded.sum()} samples within {gap} frames of them excluded"
         )
         return ValidationSplit(held_out, excluded, True, reason)
+    shared = (
+        ", sharing frames with training (the validation loss then rewards memorising)" if n_frames < len(ids)
+        else ", without a gap around them"
+    )
     reason = (
         f"no frame-level validation split: {n_frames} distinct frame(s) cannot give both a validation and a "
-        f"training part with a gap of {gap}; {validation_fraction} of the samples held out instead, sharing frames "
-        "with training (the validation loss then rewards memorising)"
+        f"training part with a gap of {gap}; {validation_fraction} of the samples held out instead{shared}"
     )
     warnings.warn(reason.capitalize() + ".", UserWarning, stacklevel=2)
     n_rows = min(math.ceil(round(validation_fraction * len(ids), 6)), len(ids) - 1)

@@ -182,6 +182,7 @@ def test_validation_data_as_long_as_a_training_fold_are_refused_saying_so():
         ({"X_val": "short", "y_val": "flat"}, {}, "y_val must have the form of y"),
         ({"X_val": "with NaN", "y_val": "short"}, {}, "X_val is not valid.*NaN"),
         ({"X_val": "narrow", "y_val": "short"}, {}, "X_val is not valid.*features"),
+        ({"X_val": "scalar", "y_val": "short"}, {}, "X_val is not valid"),
         ({"groups": "with NaN"}, {}, "groups must name the frame of every sample, got 1 missing"),
         ({"groups": "with None"}, {}, "groups must name the frame of every sample, got 1 missing"),
         ({"groups": "column"}, {}, r"groups must have one entry per sample of X \(20\), got shape \(20, 1\)"),
@@ -192,7 +193,7 @@ def test_bad_validation_data_are_refused_before_training(kwargs, params, message
     values = {
         "same length": codes, "short": codes[:5], "flat": frames[:5].reshape(5, -1), "groups": np.arange(20),
         "with NaN": np.r_[np.nan, np.arange(1.0, 20.0)], "narrow": codes[:5, :3], "column": np.arange(20)[:, None],
-        "with None": np.array([None] + list(range(1, 20)), dtype=object),
+        "with None": np.array([None] + list(range(1, 20)), dtype=object), "scalar": 3.0,
     }
     values["with NaN"] = values["with NaN"] if "groups" in kwargs else np.where(np.arange(5)[:, None] == 0, np.nan, codes[:5])
     monkeypatch.setattr(Trainer, "fit", lambda *a, **k: pytest.fail("trained"))

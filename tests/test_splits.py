@@ -100,6 +100,10 @@ def test_too_few_frames_falls_back_to_a_sample_split_with_a_warning():
         split = frame_validation_split(ids, 0.1, gap=3)
     assert not split.honest and not split.excluded.any()
     assert split.held_out.sum() == 3 and split.train.sum() == 27
+    assert "sharing frames with training" in split.reason
+    with pytest.warns(UserWarning, match="without a gap around them"):  # distinct frames: nothing shared
+        split = frame_validation_split(np.arange(4), 0.5, gap=3)
+    assert "sharing" not in split.reason and split.held_out.sum() == 2
 
 
 @pytest.mark.parametrize(
