@@ -69,7 +69,7 @@ class _FitData:
     scan: TargetScan
     held_out: np.ndarray  # bool (N,): validation rows
     excluded: np.ndarray  # bool (N,): gap rows, in neither part
-    validation: tuple | None  # (X_val, images of y_val) given by the user
+    validation: tuple | None  # (X_val, images of y_val, frame digests of y_val) given by the user
     reason: str  # how the validation data were chosen
     fingerprint: dict
 
@@ -456,8 +456,8 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
             )
         held_out, excluded, reason = self._split(X, scan, validate, val, groups)
         scan.leave_out(images, held_out | excluded)
-        digest = hashlib.sha256(np.ascontiguousarray(X).tobytes())
-        for part in (held_out, excluded) + ((val[0],) if val else ()):
+        digest = hashlib.sha256(np.ascontiguousarray(X).tobytes())  # with the targets' digests: no second pass
+        for part in (held_out, excluded, scan.frame_digests) + ((val[0], val[2]) if val else ()):
             digest.update(np.ascontiguousarray(part).tobytes())
         fingerprint = {
             "n_samples": len(X),
@@ -467,7 +467,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         return _FitData(X, target_format, images, scan, held_out, excluded, val, reason, fingerprint)
 
     def _validation_data(self, X, validation, groups, validate: bool, output_shape, target_format) -> tuple | None:
-        """``(X_val, images of y_val)`` checked, or None; checks ``groups``."""
+        """``(X_val, images of y_val, frame digests of y_val)`` checked, or None; checks ``groups``."""
         X_val, y_val = validation
         if (X_val is None) != (y_val is None):
             raise ValueError("X_val and y_val must be passed together.")
@@ -497,8 +497,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         if val_format.form != target_format.form:
             raise ValueError(f"y_val must have the form of y ({target_format}), got {val_format}.")
         images = target_format.to_images(y_val)
-        scan_targets(images, "y_val")  # finite values
-        return X_val, images
+        return X_val, images, scan_targets(images, "y_val").frame_digests  # raises for NaN and infinity
 
     def _split(self, X, scan: TargetScan, validate: bool, val, groups) -> tuple[np.ndarray, np.ndarray, str]:
         """Validation and gap masks ``(N,)`` and the reason: the leak-free frame split of
@@ -553,7 +552,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
 
         validation = None
         if data.validation is not None:
-            X_val, val_images = data.validation
+            X_val, val_images, _ = data.validation
             validation = torch.from_numpy(X_val), data.target_format.to_tensor(val_images)
         scheduled = self.lr_schedule == "warmup_cosine" and not partial
         callbacks = self._callbacks(held_out.any() or validation is not None, scheduled, write_checkpoint)

@@ -239,7 +239,7 @@ def resume_checkpoint(estimator, fingerprint: dict) -> TrainingState:
     theirs = {k: v for k, v in _file_params(metadata).items() if k not in _RUN_ONLY_PARAMS}
     training = metadata.get("training")
     if ours != theirs or training is None or training.get("fingerprint") != fingerprint:
-        what = "parameters" if ours != theirs else "data (X or the form of y)" if training else "kind of file (not a checkpoint)"
+        what = "parameters" if ours != theirs else "data (X, y, X_val or y_val)" if training else "kind of file (not a checkpoint)"
         raise ValueError(
             f"checkpoint_path={os.fspath(path)!r} holds a different fit: its {what} differ from this one. "
             "Delete the file or pass another checkpoint_path."

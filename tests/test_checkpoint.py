@@ -55,6 +55,12 @@ def test_checkpoint_of_another_fit_is_refused(data, tmp_path):
         HalfUNetRegressor(**(FAST | {"lr": 0.01}), checkpoint_path=path).fit(z, images)
     with pytest.raises(ValueError, match="checkpoint_path=.*data"):
         HalfUNetRegressor(**FAST, checkpoint_path=path).fit(z + 1, images)
+    with pytest.raises(ValueError, match="checkpoint_path=.*data"):  # targets of the same form, other values
+        HalfUNetRegressor(**FAST, checkpoint_path=path).fit(z, images[::-1])
+    validated = tmp_path / "validated.safetensors"
+    HalfUNetRegressor(**FAST, checkpoint_path=validated).fit(z, images, X_val=z[:5], y_val=images[:5])
+    with pytest.raises(ValueError, match="checkpoint_path=.*data"):  # the same X_val, other y_val
+        HalfUNetRegressor(**FAST, checkpoint_path=validated).fit(z, images, X_val=z[:5], y_val=images[5:10])
     HalfUNetRegressor(**FAST).fit(z, images).save(path)  # a saved decoder, not a checkpoint
     with pytest.raises(ValueError, match="not a checkpoint"):
         HalfUNetRegressor(**FAST, checkpoint_path=path).fit(z, images)
