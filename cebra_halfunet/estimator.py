@@ -32,7 +32,7 @@ from .networks import DecoderEnsemble, HalfUNetDecoder, ImageOutput
 from .persistence import _to_cpu, load_estimator, resume_checkpoint, save_checkpoint, save_estimator
 from .schedules import warmup_cosine_scheduler
 from .splits import frame_ids, frame_validation_split
-from .stopping import INTERRUPTED, MAX_EPOCHS, STOP_RULE, still_improving
+from .stopping import INTERRUPTED, MAX_EPOCHS, STOP_RULE
 from .targets import LAYOUTS, TargetFormat, TargetScan, as_array, scan_targets
 from .training import (
     Trainer, TrainingState, catch_out_of_memory, fastest_precision, release_device_memory, resolve_device,
@@ -421,7 +421,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         self.precision_, self.channels_last_ = self._resolved_precision()
         continued = incremental or state is not None
         state, optimizer_state = self._train(data, state, epochs, earlier_history, continued, partial)
-        return self._finish(data, state, optimizer_state, earlier_history, epochs, partial)
+        return self._finish(data, state, optimizer_state, earlier_history, partial)
 
     def _prepare(self, X, y, incremental: bool, validate: bool, validation=(None, None), groups=None) -> _FitData:
         """Check the parameters and data; scan the targets once; choose the validation rows."""
@@ -591,7 +591,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         callbacks += [ProgressBar()] if self.verbose else []
         return callbacks + copy.deepcopy(list(self.callbacks or []))
 
-    def _finish(self, data: _FitData, state: TrainingState, optimizer_state: dict, earlier_history: list, epochs: range, partial: bool):
+    def _finish(self, data: _FitData, state: TrainingState, optimizer_state: dict, earlier_history: list, partial: bool):
         """Keep the outcome as fitted attributes; warn and re-raise after Ctrl-C, or when a
         fit ended at ``max_epochs`` still improving; write the final checkpoint."""
         self.optimizer_state_ = optimizer_state
@@ -599,12 +599,12 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         self.n_epochs_ = self.history_[-1]["epoch"] if self.history_ else 0
         self.best_epoch_ = state.best_epoch
         self.validation_mask_, self.excluded_mask_, self.validation_reason_ = data.held_out, data.excluded, data.reason
-        epochs_run = self.n_epochs_ - epochs.start + 1
         self.stop_reason_ = (
             INTERRUPTED if state.interrupted else None if partial else STOP_RULE if state.stopped else MAX_EPOCHS
         )
-        improved = None if state.improved_epoch is None else state.improved_epoch - epochs.start + 1
-        if not partial and still_improving(epochs_run, len(epochs), improved, self.n_iter_no_change):
+        # At the last epoch the stop rule judges whether the loss improved in the last
+        # n_iter_no_change epochs; reaching max_epochs with validation means it had.
+        if self.stop_reason_ == MAX_EPOCHS and state.improved_epoch is not None:
             warnings.warn(
                 f"The validation loss was still improving by more than tol={self.tol:g} (relative) in the last "
                 f"{self.n_iter_no_change} epoch(s) when the fit reached max_epochs={self.max_epochs}: "

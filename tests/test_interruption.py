@@ -5,6 +5,7 @@ import signal
 
 import numpy as np
 import pytest
+from sklearn.exceptions import ConvergenceWarning
 
 from cebra_halfunet import HalfUNetRegressor
 
@@ -30,8 +31,9 @@ def test_ctrl_c_keeps_the_best_weights_warns_and_reraises(data, monkeypatch, int
     handler = signal.getsignal(signal.SIGINT)
     batches = at_training_batch(monkeypatch, 10, interrupt)  # epoch 3, batch 2
     model = HalfUNetRegressor(**FAST)
-    with pytest.raises(KeyboardInterrupt), pytest.warns(RuntimeWarning, match="interrupted after 2 complete epoch"):
+    with pytest.raises(KeyboardInterrupt), pytest.warns(RuntimeWarning, match="interrupted after 2 complete epoch") as caught:
         model.fit(z, images)
+    assert not any(issubclass(w.category, ConvergenceWarning) for w in caught)  # stopped before the cap
     assert len(batches) == 10  # stopped after the batch in progress
     assert signal.getsignal(signal.SIGINT) is handler
     assert [record["epoch"] for record in model.history_] == [1, 2] and model.n_epochs_ == 2

@@ -1,4 +1,4 @@
-"""The learning-rate schedule and the convergence rule (schedules.py, stopping.py)."""
+"""The learning-rate schedule (schedules.py)."""
 
 import math
 
@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from cebra_halfunet.schedules import warmup_cosine
-from cebra_halfunet.stopping import still_improving
 
 
 def test_warmup_then_cosine_to_zero_at_the_last_step():
@@ -38,18 +37,3 @@ def test_bad_schedule_arguments_raise(step, total, warmup):
     with pytest.raises(ValueError, match="warmup_steps"):
         warmup_cosine(step, total, warmup)
 
-
-@pytest.mark.parametrize(
-    "epochs_run, max_epochs, best_epoch, patience, expected",
-    [
-        (20, 20, 20, 5, True),  # still improving at the cap
-        (20, 20, 16, 5, True),  # best among the last 5 (16..20)
-        (20, 20, 15, 5, False),  # 5 epochs without improvement: converged by the rule's measure
-        (12, 20, 7, 5, False),  # the stop rule ended it
-        (12, 20, 12, 5, False),  # interrupted before the cap
-        (20, 20, None, 5, False),  # no validation
-        (20, 20, 20, None, False),
-    ],
-)
-def test_convergence_warning_rule(epochs_run, max_epochs, best_epoch, patience, expected):
-    assert still_improving(epochs_run, max_epochs, best_epoch, patience) is expected
