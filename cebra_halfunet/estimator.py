@@ -69,7 +69,7 @@ class _FitData:
     scan: TargetScan
     held_out: np.ndarray  # bool (N,): validation rows
     excluded: np.ndarray  # bool (N,): gap rows, in neither part
-    validation: tuple | None  # (X_val, images of y_val, frame digests of y_val) given by the user
+    validation: tuple | None  # (X_val, images of y_val) given by the user
     reason: str  # how the validation data were chosen
     fingerprint: dict
 
@@ -464,7 +464,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
             "inputs_sha256": digest.hexdigest(),
             "target_format": target_format.to_json(),
         }
-        return _FitData(X, target_format, images, scan, held_out, excluded, val, reason, fingerprint)
+        return _FitData(X, target_format, images, scan, held_out, excluded, None if val is None else val[:2], reason, fingerprint)
 
     def _validation_data(self, X, validation, groups, validate: bool, output_shape, target_format) -> tuple | None:
         """``(X_val, images of y_val, frame digests of y_val)`` checked, or None; checks ``groups``."""
@@ -552,7 +552,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
 
         validation = None
         if data.validation is not None:
-            X_val, val_images, _ = data.validation
+            X_val, val_images = data.validation
             validation = torch.from_numpy(X_val), data.target_format.to_tensor(val_images)
         scheduled = self.lr_schedule == "warmup_cosine" and not partial
         callbacks = self._callbacks(held_out.any() or validation is not None, scheduled, write_checkpoint)
