@@ -178,7 +178,10 @@ def parse_configuration(text: str) -> dict:
 
 def fit_default(data: dict, configuration: str, seed: int) -> dict:
     """One fit of a configuration: what it cost, how it ended, how it scores."""
-    model = HalfUNetRegressor(random_state=seed, **parse_configuration(configuration))
+    return fit_record(data, HalfUNetRegressor(random_state=seed, **parse_configuration(configuration)))
+
+
+def fit_record(data: dict, model: HalfUNetRegressor) -> dict:
     start = time.perf_counter()
     model.fit(data["z_train"], data["y_train"])
     seconds = time.perf_counter() - start
@@ -189,35 +192,50 @@ def fit_default(data: dict, configuration: str, seed: int) -> dict:
         "best_epoch": model.best_epoch_,
         "stop_reason": model.stop_reason_,
         "max_epochs": model.max_epochs,
+        "held_out_over_train_loss": held_out_ratio(model),
+        "history": model.history_,
         **test_scores(data, model.predict(data["z_test"])),
     }
 
 
 def training_steps(model: HalfUNetRegressor) -> int:
-    """Optimizer steps of the fit (``n_steps_`` where the estimator counts them)."""
-    if hasattr(model, "n_steps_"):
-        return int(model.n_steps_)
-    rows = int(np.sum(~(model.validation_mask_ | model.excluded_mask_)))
-    return model.n_epochs_ * -(-rows // model.batch_size)
+    """Optimizer steps of the fit: the first phase's epochs over the training rows, the last
+    phase's over every row (code before the last phase: every epoch over the training rows)."""
+    training_rows = int(np.sum(~(model.validation_mask_ | model.excluded_mask_)))
+    decay = sum(record.get("phase") == "decay" for record in model.history_)
+    batches = lambda rows: -(-rows // model.batch_size)  # noqa: E731
+    return (model.n_epochs_ - decay) * batches(training_rows) + decay * batches(len(model.validation_mask_))
+
+
+def held_out_ratio(model: HalfUNetRegressor) -> float | None:
+    """Loss on the held-out frames over the loss on training rows, at the end of the fit
+    (once the last phase has trained both; None where the history has no such loss)."""
+    last = model.history_[-1]
+    if last.get("held_out_loss") is None or not last.get("train_loss"):
+        return None
+    return last["held_out_loss"] / last["train_loss"]
 
 
 def per_epoch_curve(data: dict, configuration: str, seed: int) -> dict:
-    """Test scores after every epoch of one run, with the weights that are kept."""
+    """One fit (as :func:`fit_default`; its seconds include the scoring) with the test
+    scores after every epoch, of the weights that are kept at that point."""
     model = HalfUNetRegressor(random_state=seed, **parse_configuration(configuration))
     rows = []
 
     class ScoreEachEpoch(Callback):
+        def on_train_begin(self, run):
+            self.start = time.perf_counter()
+
         def on_epoch_end(self, run, record):
             scoring = copy.copy(model)
             scoring.module_ = copy.deepcopy(run.evaluated).eval()
-            rows.append({"epoch": record["epoch"], "seconds": time.perf_counter() - start,
+            rows.append({"epoch": record["epoch"], "seconds": time.perf_counter() - self.start,
                          **test_scores(data, scoring.predict(data["z_test"]))})
             print(f"  epoch {record['epoch']}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[-1].items()), flush=True)
 
-    start = time.perf_counter()
-    model.set_params(callbacks=[ScoreEachEpoch()]).fit(data["z_train"], data["y_train"])
+    record = fit_record(data, model.set_params(callbacks=[ScoreEachEpoch()]))
     best = max(rows, key=lambda row: row["ssim"])
-    return {"curve": rows, "best_ssim": best["ssim"], "best_epoch_by_ssim": best["epoch"], "epochs": model.n_epochs_}
+    return {**record, "curve": rows, "best_ssim": best["ssim"], "best_epoch_by_ssim": best["epoch"]}
 
 
 # ------------------------------------------------------------------ records
