@@ -25,14 +25,14 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._cebra_pickling import register_cebra_pickling
 from ._checks import check_numbers, check_output_shape
-from .callbacks import TOTAL_STEPS, Checkpoint, EarlyStopping, LRScheduler, ProgressBar, WeightAveraging
+from .callbacks import Checkpoint, ProgressBar, WarmupStableDecay, WeightAveraging
 from .losses import LOSS_NAMES, make_loss, per_member
 from .metrics import pooled_r2
 from .networks import DecoderEnsemble, HalfUNetDecoder, ImageOutput
 from .persistence import _to_cpu, load_estimator, resume_checkpoint, save_checkpoint, save_estimator
-from .schedules import warmup_cosine_scheduler
-from .splits import frame_ids, frame_validation_split
-from .stopping import INTERRUPTED, MAX_EPOCHS, STOP_RULE
+from .splits import ValidationSplit, frame_validation_split
+from .splits import frame_ids as first_copies
+from .stopping import INTERRUPTED, STOP_RULE, StopRule
 from .targets import LAYOUTS, TargetFormat, TargetScan, as_array, scan_targets
 from .training import (
     Trainer, TrainingState, catch_out_of_memory, fastest_precision, release_device_memory, resolve_device,
@@ -47,16 +47,33 @@ def _out_of_memory(stage: str, advice: str) -> torch.cuda.OutOfMemoryError:
     )
 
 
-def _check_groups(groups, n_samples: int) -> None:
-    """A ValueError naming ``groups`` unless it is one label per sample, none missing."""
-    groups = np.asarray(groups)
-    if groups.ndim != 1 or len(groups) != n_samples:
-        raise ValueError(f"groups must have one entry per sample of X ({n_samples}), got shape {groups.shape}.")
-    missing = groups != groups  # NaN
-    if groups.dtype == object:
-        missing = missing | np.array([group is None for group in groups])
+def _check_frame_ids(ids, n_samples: int, name: str) -> np.ndarray:
+    """``ids`` as an array; a ValueError naming it unless it is one label per sample, none missing."""
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or len(ids) != n_samples:
+        raise ValueError(f"{name} must have one entry per sample of X ({n_samples}), got shape {ids.shape}.")
+    missing = ids != ids  # NaN
+    if ids.dtype == object:
+        missing = missing | np.array([value is None for value in ids])
     if np.any(missing):
-        raise ValueError(f"groups must name the frame of every sample, got {int(np.sum(missing))} missing (NaN or None).")
+        raise ValueError(f"{name} must name the frame of every sample, got {int(np.sum(missing))} missing (NaN or None).")
+    return ids
+
+
+def _frame_ids_from(frame_ids, groups):
+    """``frame_ids``, or ``groups`` (its name before) with a FutureWarning."""
+    if groups is None:
+        return frame_ids, "frame_ids"
+    if frame_ids is not None:
+        raise ValueError("Pass frame_ids only (groups is its earlier name).")
+    warnings.warn(
+        "fit(groups=...) is renamed frame_ids and will be removed in the next release: pass frame_ids=<the stimulus "
+        "frame of each sample>. groups is what scikit-learn's searches give their CV splitter (repeat, trial or block "
+        "ids), and as frame ids those hold out whole repeats from training.",
+        FutureWarning,
+        stacklevel=4,
+    )
+    return groups, "groups"
 
 
 @dataclass
@@ -67,10 +84,8 @@ class _FitData:
     target_format: TargetFormat
     images: object  # (N, C, H, W) ndarray or DiskImages
     scan: TargetScan
-    held_out: np.ndarray  # bool (N,): validation rows
-    excluded: np.ndarray  # bool (N,): gap rows, in neither part
+    split: ValidationSplit  # validation rows, gap rows, and how they were chosen
     validation: tuple | None  # (X_val, images of y_val) given by the user
-    reason: str  # how the validation data were chosen
     fingerprint: dict
 
 
@@ -118,18 +133,22 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         AdamW's peak learning rate (see ``lr_schedule``).
     batch_size : int, default 64
         Mini-batch size for training; prediction uses the same size.
-    max_epochs : int, default 6
-        Epochs per ``fit`` (``partial_fit`` runs one): the step budget the learning-rate
-        schedule is sized to. On a movie shown 9 times (``benchmarks/repeats.py``) the
-        held-out frames stopped improving after 3-5 epochs of this schedule.
-    lr_schedule : {"warmup_cosine", "constant"}, default "warmup_cosine"
-        ``"warmup_cosine"``: in each ``fit``, a linear warm-up over the first tenth of the
-        call's ``max_epochs * batches`` optimizer steps, then a half cosine down to 0 at the
-        last step (:func:`~cebra_halfunet.schedules.warmup_cosine`). A function of the step
-        alone: seeded runs repeat it and a run resumed from a checkpoint continues it
-        exactly. ``fit`` with ``warm_start=True`` starts a new schedule over its own steps
-        (warm-up included; the optimizer's moments are kept); ``partial_fit`` trains at the
-        constant rate ``lr`` (the number of calls is unknown). ``"constant"``: ``lr`` throughout.
+    max_epochs : int, default 60
+        A cap on the epochs of one ``fit``, its last phase on every sample included
+        (``partial_fit`` runs one epoch). The stop rule decides the length, not this: no
+        default fit of the benchmark suite reached it (``benchmarks/RESULTS.md``). A fit
+        that reaches it while the validation loss still improves warns. With
+        ``early_stopping=False`` a fit runs exactly ``max_epochs`` epochs.
+    lr_schedule : {"warmup_stable_decay", "constant"}, default "warmup_stable_decay"
+        ``"warmup_stable_decay"`` (:func:`~cebra_halfunet.schedules.warmup_stable_decay`):
+        in each ``fit``, a linear warm-up over the first evaluation period (an epoch, or
+        more when an epoch has fewer than 32 batches), then ``lr`` until the stop rule
+        fires, then a half cosine down to 0 over the last phase (see ``early_stopping``).
+        A function of the step: seeded runs repeat it and a run resumed from a checkpoint
+        continues it exactly. ``fit`` with ``warm_start=True`` starts a new schedule
+        (warm-up included; the optimizer's moments are kept); ``partial_fit`` trains at
+        the constant rate ``lr`` (the number of calls is unknown). ``"constant"``: ``lr``
+        throughout (the phases stay). Files saved with ``"warmup_cosine"`` load with this.
     weight_decay : float, default 1e-4
         AdamW's decoupled weight decay.
     embedding_noise : float, default 0.1
@@ -149,28 +168,32 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         :class:`~cebra_halfunet.training.WeightAverage`). 0 turns it off.
     validation_fraction : float in [0, 1), default 0.1
         With ``early_stopping`` and no ``X_val``, this fraction of the distinct *frames* is
-        held out, with all its copies, to choose the best epoch
+        held out, with all its copies, to choose the length of training
         (:func:`~cebra_halfunet.splits.frame_validation_split`): samples whose targets are
-        bit-identical (a hash of each frame, or equal ``groups`` in ``fit``) are one frame,
+        bit-identical (a hash of each frame, or equal ``frame_ids`` in ``fit``) are one frame,
         as when a movie is shown several times; the held-out frames are up to 10 stretches
         of frames consecutive in the recording, and the samples within 3 frames of them
         (in any repeat) are in neither part (``excluded_mask_``), so that no frame, nor a
         near neighbour, is both trained on and validated. When every frame is distinct this
         is stretches of consecutive samples with a 3-sample gap on each side. If the frames
         cannot give both parts, a share of the samples is held out instead, with a
-        ``UserWarning`` (the validation loss then rewards memorising).
+        ``UserWarning`` (the validation loss then rewards memorising); so does a split that
+        leaves more than a third of the samples out. The held-out frames are trained on
+        too, in the fit's last phase (see ``early_stopping``).
     early_stopping : bool, default True
-        The stop rule: stop after ``n_iter_no_change`` epochs without a validation loss
-        lower than the best by more than the fraction ``tol`` of it, and restore the weights of the best
-        epoch. With ``lr_schedule="warmup_cosine"`` the rule ends a fit only from the
-        middle of its epochs on (when the rate is at most half its peak), so that it does
-        not cut the schedule off at its high rates; the best epoch counts from the first.
-        ``False`` trains on all samples for ``max_epochs``.
+        Let the held-out frames (or ``X_val``) decide how long to train
+        (:mod:`~cebra_halfunet.stopping`). First phase: train on the other samples,
+        validating after every evaluation period (an epoch, or more when an epoch has
+        fewer than 32 batches), until the stop rule fires: ``n_iter_no_change`` evaluations
+        without a validation loss below ``(1 - tol)`` times the best. Last phase: a quarter
+        as many epochs (at least one) on *every* sample, held-out frames and gaps included,
+        while the rate decays to 0; its weights are kept. ``False``: every sample trains for
+        exactly ``max_epochs`` epochs, the last quarter of them decaying.
     n_iter_no_change : int, default 2
-        Epochs without improvement before the stop rule ends the fit (``patience`` in
-        decoder files of earlier versions).
+        Evaluations without improvement before the stop rule ends the first phase
+        (``patience`` in decoder files of earlier versions).
     tol : float, default 0.01
-        Relative improvement of the validation loss that counts as one: an epoch improves
+        Relative improvement of the validation loss that counts as one: an evaluation improves
         when its loss is below ``(1 - tol)`` times the best so far (relative, unlike
         scikit-learn's ``tol``, because losses of images differ in scale by orders of
         magnitude between losses and targets).
@@ -228,29 +251,35 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         Span of the target values (255 for uint8, 1 for images in [0, 1]); used by
         the SSIM loss and the image scorers.
     history_ : list of dict
-        Per epoch: ``epoch``; ``train_loss`` and ``valid_loss`` (None without early
-        stopping), measured alike: after the epoch, with the weights that are kept (the
-        average when averaging), in eval mode, without embedding noise, ``train_loss`` on
-        a fixed subset of the training rows as large as the validation set; for an
-        ensemble both are the loss of the members' mean. ``batch_loss``: the mean of the
-        epoch's batch losses (for an ensemble, the mean of the members' losses).
+        Per epoch: ``epoch``; ``phase``, ``"stable"`` (the first phase, validated) or
+        ``"decay"`` (the last, on every sample); ``batch_loss``, the mean of the epoch's
+        batch losses (for an ensemble, the mean of the members' losses). At the end of each
+        evaluation period (else None), measured alike, with the weights that are kept (the
+        average when averaging), in eval mode, without embedding noise, for an ensemble the
+        loss of the members' mean: ``train_loss`` on a fixed subset of the training rows as
+        large as the validation set; ``valid_loss`` on the validation data while they are
+        not trained on (held-out frames in the first phase, ``X_val`` throughout);
+        ``held_out_loss`` on the held-out frames once the last phase trains them.
         ``duration_s``.
     n_epochs_ : int
-        Epochs trained in all calls together.
+        Epochs trained in all calls together (both phases).
     best_epoch_ : int or None
-        Epoch whose weights were kept by early stopping.
+        Epoch of the lowest validation loss in the first phase: the length the stop rule
+        chose (it fired ``n_iter_no_change`` evaluations later). The weights kept are those
+        at the end of the last phase, not this epoch's.
     stop_reason_ : str or None
-        Why the last ``fit`` ended: ``"stop rule"`` (early stopping; also when the rule was
-        met at the last of ``max_epochs``: the fit had stopped improving by then),
-        ``"max_epochs"`` or ``"interrupted"`` (Ctrl-C) (:mod:`~cebra_halfunet.stopping`);
-        None after ``partial_fit``. A fit that ends at ``max_epochs`` with its last improvement among
-        the last ``n_iter_no_change`` epochs warns with a ``ConvergenceWarning``.
+        What ended the last ``fit``'s first phase: ``"stop rule"``, ``"max_epochs"`` (the
+        cap; a ``ConvergenceWarning`` if the rule saw an improvement above ``tol`` in its
+        last ``n_iter_no_change`` evaluations; always without validation), or
+        ``"interrupted"`` (Ctrl-C) (:mod:`~cebra_halfunet.stopping`); None after ``partial_fit``.
     validation_mask_ : ndarray, bool ``(N,)``
-        Samples of the last ``fit``'s ``X`` held out for validation (all False with
-        ``X_val``, without early stopping and after ``partial_fit``). Not in decoder files.
+        Samples of the last ``fit``'s ``X`` held out for validation in the first phase
+        (all False with ``X_val``, without early stopping and after ``partial_fit``); the
+        last phase trains them too. Not in decoder files.
     excluded_mask_ : ndarray, bool ``(N,)``
-        Samples in the gap around the validation frames: neither trained on nor
-        validated. Not in decoder files.
+        Samples in the gap around the validation frames: not trained on in the first
+        phase (so that no near copy of a validation frame is), trained on in the last.
+        Not in decoder files.
     validation_reason_ : str
         How the validation data were chosen, in words.
     precision_ : str
@@ -265,8 +294,8 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
     Notes
     -----
     Ctrl-C during ``fit`` stops after the batch in progress: the estimator keeps the best
-    weights so far (or the last ones without early stopping) and the history of the
-    completed epochs, warns, and re-raises ``KeyboardInterrupt``; ``partial_fit`` or
+    weights so far in the first phase (the last ones in the last phase or without early
+    stopping) and the history of the completed epochs, warns, and re-raises ``KeyboardInterrupt``; ``partial_fit`` or
     ``fit`` with ``warm_start=True`` continues from there.
 
     ``score`` is R² pooled over all pixels (see :func:`cebra_halfunet.metrics.pooled_r2`):
@@ -274,6 +303,9 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
     of constant background as perfect or as zero, which says nothing about the images.
     For image quality use ``scoring=ssim_scorer`` or ``psnr_scorer``.
     """
+
+    # A search's groups go to its splitter, not to fit's deprecated groups (frame_ids are requested by name).
+    __metadata_request__fit = {"groups": False}
 
     _parameter_constraints = {
         "output_shape": [None, tuple, list],
@@ -286,7 +318,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         "lr": [Interval(Real, 0, None, closed="neither")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
-        "lr_schedule": [StrOptions({"warmup_cosine", "constant"})],
+        "lr_schedule": [StrOptions({"warmup_stable_decay", "constant"})],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "embedding_noise": [Interval(Real, 0, None, closed="left")],
         "ema_decay": [Interval(Real, 0, 1, closed="left")],
@@ -318,8 +350,8 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         loss="l1",
         lr=2e-3,
         batch_size=64,
-        max_epochs=6,
-        lr_schedule="warmup_cosine",
+        max_epochs=60,
+        lr_schedule="warmup_stable_decay",
         weight_decay=1e-4,
         embedding_noise=0.1,
         ema_decay=0.99,
@@ -377,7 +409,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         return tags
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X, y, *, X_val=None, y_val=None, groups=None):
+    def fit(self, X, y, *, X_val=None, y_val=None, frame_ids=None, groups=None):
         """Train the decoder on embeddings ``X`` ``(N, D)`` and images ``y``.
 
         ``y``: ``(N, H, W)``, ``(N, C, H, W)``, ``(N, H, W, C)`` (see ``target_layout``) or
@@ -390,30 +422,35 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         Parameters
         ----------
         X_val, y_val : optional
-            Validation data for early stopping, used as given (no split of ``X``): all of
+            Validation data for the stop rule, used as given (no split of ``X``): all of
             ``X`` trains. Their number of samples must differ from ``len(X)``: scikit-learn's
             searches (``GridSearchCV``, ``cross_validate``) slice every fit parameter as long
             as ``X`` to the training fold, which would silently cut ``X_val`` too; a search
             passes an ``X_val`` of another length through unchanged, so each fold validates
             on the same ``X_val``.
+        frame_ids : array ``(N,)``, optional
+            The stimulus frame each sample shows (e.g. the frame number within the movie),
+            for repeats whose targets are not bit-identical (noisy copies): samples with
+            equal ids are held out together, in place of the frames' hashes. Not repeat,
+            trial or block ids: those would hold out whole repeats (a split that leaves more
+            than a third of the samples out warns). In a Pipeline:
+            ``fit(X, y, halfunetregressor__frame_ids=ids)``; with metadata routing,
+            ``set_fit_request(frame_ids=True)`` (a search's ``groups`` go to its splitter only).
         groups : array ``(N,)``, optional
-            Which frame (or trial) each sample shows, for repeats whose targets are not
-            bit-identical (noisy copies): samples with equal ``groups`` are held out
-            together, in place of the frames' hashes. In a Pipeline:
-            ``fit(X, y, halfunetregressor__groups=ids)``; with metadata routing,
-            ``set_fit_request(groups=True)``.
+            Deprecated: the earlier name of ``frame_ids`` (a FutureWarning).
         """
+        frame_ids, name = _frame_ids_from(frame_ids, groups)
         incremental = self.warm_start and hasattr(self, "module_")
-        return self._fit(X, y, incremental, validation=(X_val, y_val), groups=groups)
+        return self._fit(X, y, incremental, validation=(X_val, y_val), frame_ids=(frame_ids, name))
 
     def partial_fit(self, X, y):
-        """One epoch over ``(X, y)`` (all samples, no early stopping, constant rate ``lr``),
+        """One epoch over ``(X, y)`` (all samples, no validation, constant rate ``lr``),
         continuing if fitted."""
         return self._fit(X, y, incremental=hasattr(self, "module_"), epochs=1)
 
-    def _fit(self, X, y, incremental: bool, epochs: int | None = None, validation=(None, None), groups=None):
+    def _fit(self, X, y, incremental: bool, epochs: int | None = None, validation=(None, None), frame_ids=(None, "frame_ids")):
         partial = epochs is not None  # partial_fit: one epoch, no validation, no schedule
-        data = self._prepare(X, y, incremental, not partial and self.early_stopping, validation, groups)
+        data = self._prepare(X, y, incremental, not partial and self.early_stopping, validation, frame_ids)
         earlier_history = self.history_ if incremental else []
         state = self._start(data, incremental)
         first_epoch = self.n_epochs_ + 1 if incremental else 1
@@ -423,7 +460,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         state, optimizer_state = self._train(data, state, epochs, earlier_history, continued, partial)
         return self._finish(data, state, optimizer_state, earlier_history, partial)
 
-    def _prepare(self, X, y, incremental: bool, validate: bool, validation=(None, None), groups=None) -> _FitData:
+    def _prepare(self, X, y, incremental: bool, validate: bool, validation=(None, None), frame_ids=(None, "frame_ids")) -> _FitData:
         """Check the parameters and data; scan the targets once; choose the validation rows."""
         self._validate_params()
         register_cebra_pickling()  # the CEBRA step before this decoder pickles
@@ -442,7 +479,10 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
                 f"got {target_format}."
             )
         images = target_format.to_images(y)
-        val = self._validation_data(X, validation, groups, validate, output_shape, target_format)
+        ids, ids_name = frame_ids
+        if ids is not None:
+            ids = _check_frame_ids(ids, len(X), ids_name)
+        val = self._validation_data(X, validation, ids_name if ids is not None else None, validate, output_shape, target_format)
         scan = scan_targets(images, "y")
         if incremental:
             target_format = self.target_format_.widened(scan)
@@ -454,31 +494,30 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
                 f"loss='bce' needs targets in [0, 1] (uint8 masks holding only 0 and 1 are read as 0/1), "
                 f"got values in [{scan.low}, {scan.high}]."
             )
-        held_out, excluded, reason = self._split(X, scan, validate, val, groups)
-        scan.leave_out(images, held_out | excluded)
+        split = self._split(X, scan, validate, val, (ids, ids_name))
+        scan.leave_out(images, ~split.train)
         digest = hashlib.sha256(np.ascontiguousarray(X).tobytes())  # with the targets' digests: no second pass
-        for part in (held_out, excluded, scan.frame_digests) + ((val[0], val[2]) if val else ()):
+        for part in (split.held_out, split.excluded, scan.frame_digests) + ((val[0], val[2]) if val else ()):
             digest.update(np.ascontiguousarray(part).tobytes())
         fingerprint = {
             "n_samples": len(X),
             "inputs_sha256": digest.hexdigest(),
             "target_format": target_format.to_json(),
         }
-        return _FitData(X, target_format, images, scan, held_out, excluded, None if val is None else val[:2], reason, fingerprint)
+        return _FitData(X, target_format, images, scan, split, None if val is None else val[:2], fingerprint)
 
-    def _validation_data(self, X, validation, groups, validate: bool, output_shape, target_format) -> tuple | None:
-        """``(X_val, images of y_val, frame digests of y_val)`` checked, or None; checks ``groups``."""
+    def _validation_data(self, X, validation, ids_name, validate: bool, output_shape, target_format) -> tuple | None:
+        """``(X_val, images of y_val, frame digests of y_val)`` checked, or None.
+        ``ids_name``: the name under which frame ids were passed, if they were."""
         X_val, y_val = validation
         if (X_val is None) != (y_val is None):
             raise ValueError("X_val and y_val must be passed together.")
-        if groups is not None:
-            _check_groups(groups, len(X))
         if X_val is None:
             return None
         if not validate:
-            raise ValueError("X_val and y_val are validation data for early stopping; set early_stopping=True.")
-        if groups is not None:
-            raise ValueError("groups choose a validation split of X; with X_val and y_val there is none: pass one or the other.")
+            raise ValueError("X_val and y_val are validation data for the stop rule; set early_stopping=True.")
+        if ids_name is not None:
+            raise ValueError(f"{ids_name} choose a validation split of X; with X_val and y_val there is none: pass one or the other.")
         X_val = self._validate_X(X_val, reset=False, name="X_val")
         if len(X_val) == len(X):
             raise ValueError(
@@ -499,23 +538,23 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         images = target_format.to_images(y_val)
         return X_val, images, scan_targets(images, "y_val").frame_digests  # raises for NaN and infinity
 
-    def _split(self, X, scan: TargetScan, validate: bool, val, groups) -> tuple[np.ndarray, np.ndarray, str]:
-        """Validation and gap masks ``(N,)`` and the reason: the leak-free frame split of
-        the frames' hashes (or of ``groups``), unless ``X_val`` was given or no validation."""
-        none = np.zeros(len(X), dtype=bool)
+    def _split(self, X, scan: TargetScan, validate: bool, val, frame_ids) -> ValidationSplit:
+        """The leak-free frame split of the frames' hashes (or of the given ``frame_ids``,
+        ``(ids, name)``), unless ``X_val`` was given or there is no validation."""
         if not validate:
-            return none, none, "no validation (early_stopping=False or partial_fit)"
+            return ValidationSplit.none(len(X), "no validation (early_stopping=False or partial_fit)")
         if val is not None:
-            return none, none, f"X_val and y_val as given ({len(val[0])} samples)"
+            return ValidationSplit.none(len(X), f"X_val and y_val as given ({len(val[0])} samples)")
         if self.validation_fraction == 0 or len(X) < 2:
             raise ValueError(
                 f"early_stopping needs at least one training and one validation sample "
                 f"(validation_fraction={self.validation_fraction}), got {len(X)} sample(s)."
             )
-        keys = scan.frame_digests if groups is None else np.asarray(groups)
-        split = frame_validation_split(frame_ids(keys), self.validation_fraction)
-        source = "frames found by hashing the targets" if groups is None else "frames given by groups"
-        return split.held_out, split.excluded, f"{source}: {split.reason}"
+        ids, name = frame_ids
+        keys = scan.frame_digests if ids is None else ids
+        split = frame_validation_split(first_copies(keys), self.validation_fraction)
+        source = "frames found by hashing the targets" if ids is None else f"frames given by {name}"
+        return replace(split, reason=f"{source}: {split.reason}")
 
     def _start(self, data: _FitData, incremental: bool) -> TrainingState | None:
         """Continue the fitted decoder, resume the checkpoint at ``checkpoint_path``, or
@@ -541,9 +580,10 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
             for group in optimizer.param_groups:
                 group.update(lr=self.lr, weight_decay=self.weight_decay)
                 group.pop("initial_lr", None)  # a schedule of this call starts from lr
-        X, held_out, excluded = data.X, data.held_out, data.excluded
-        training_rows = ~(held_out | excluded)
-        noise = torch.from_numpy(self.embedding_noise * X[training_rows].std(axis=0)) if self.embedding_noise else None
+        X, split = data.X, data.split
+        noise = None
+        if self.embedding_noise:  # in float64: a float32 variance overflows for values beyond 1e19
+            noise = torch.from_numpy((self.embedding_noise * X[split.train].std(axis=0, dtype=np.float64)).astype(np.float32))
         trainer = self._trainer(device, noise)
 
         def write_checkpoint(state: TrainingState) -> None:
@@ -554,15 +594,13 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         if data.validation is not None:
             X_val, val_images = data.validation
             validation = torch.from_numpy(X_val), data.target_format.to_tensor(val_images)
-        scheduled = self.lr_schedule == "warmup_cosine" and not partial
-        callbacks = self._callbacks(held_out.any() or validation is not None, scheduled, write_checkpoint)
+        scheduled = self.lr_schedule == "warmup_stable_decay" and not partial
+        callbacks = self._callbacks(split.held_out.any() or validation is not None, scheduled, write_checkpoint)
         inputs, targets = torch.from_numpy(X), data.target_format.to_tensor(data.images)
         try:
             state, out_of_memory = catch_out_of_memory(
                 lambda: trainer.fit(
-                    model, optimizer, inputs, targets, epochs=epochs,
-                    held_out=torch.from_numpy(held_out) if held_out.any() else None,
-                    excluded=torch.from_numpy(excluded) if excluded.any() else None,
+                    model, optimizer, inputs, targets, epochs=epochs, split=split,
                     validation=validation, state=state, callbacks=callbacks,
                 )
             )
@@ -582,36 +620,28 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
             )
         return state, _to_cpu(optimizer.state_dict())
 
-    def _callbacks(self, validate: bool, scheduled: bool, write_checkpoint) -> list:
+    def _callbacks(self, validating: bool, scheduled: bool, write_checkpoint) -> list:
         """The built-in callbacks of a fit, then fresh copies of the user's."""
-        callbacks = [LRScheduler(warmup_cosine_scheduler, total_steps=TOTAL_STEPS)] if scheduled else []
+        callbacks = [WarmupStableDecay()] if scheduled else []
         callbacks += [WeightAveraging(self.ema_decay)] if self.ema_decay else []
-        callbacks += [EarlyStopping(self.n_iter_no_change, self.tol, 0.5 if scheduled else 0.0)] if validate else []
+        callbacks += [StopRule(self.n_iter_no_change, self.tol, validating)]
         callbacks += [Checkpoint(write_checkpoint, self.checkpoint_every)] if self.checkpoint_path is not None else []
         callbacks += [ProgressBar()] if self.verbose else []
         return callbacks + copy.deepcopy(list(self.callbacks or []))
 
     def _finish(self, data: _FitData, state: TrainingState, optimizer_state: dict, earlier_history: list, partial: bool):
-        """Keep the outcome as fitted attributes; warn and re-raise after Ctrl-C, or when a
-        fit ended at ``max_epochs`` still improving; write the final checkpoint."""
+        """Keep the outcome as fitted attributes; warn and re-raise after Ctrl-C; write the
+        final checkpoint."""
         self.optimizer_state_ = optimizer_state
         self.history_ = earlier_history + state.history
         self.n_epochs_ = self.history_[-1]["epoch"] if self.history_ else 0
         self.best_epoch_ = state.best_epoch
-        self.validation_mask_, self.excluded_mask_, self.validation_reason_ = data.held_out, data.excluded, data.reason
-        self.stop_reason_ = (
-            INTERRUPTED if state.interrupted else None if partial else STOP_RULE if state.stopped else MAX_EPOCHS
-        )
-        # At the last epoch the stop rule judges whether the loss improved in the last
-        # n_iter_no_change epochs; reaching max_epochs with validation means it had.
-        if self.stop_reason_ == MAX_EPOCHS and state.improved_epoch is not None:
-            warnings.warn(
-                f"The validation loss was still improving by more than tol={self.tol:g} (relative) in the last "
-                f"{self.n_iter_no_change} epoch(s) when the fit reached max_epochs={self.max_epochs}: "
-                "raise max_epochs (the schedule stretches with it) or lr.",
-                ConvergenceWarning,
-                stacklevel=4,
-            )
+        self.validation_mask_, self.excluded_mask_ = data.split.held_out, data.split.excluded
+        self.validation_reason_ = data.split.reason
+        # A user's callback that ends the run before the decay is a stop rule of its own.
+        self.stop_reason_ = INTERRUPTED if state.interrupted else None if partial else state.verdict or STOP_RULE
+        if state.warning is not None and not state.interrupted:
+            warnings.warn(state.warning, ConvergenceWarning, stacklevel=4)
         if state.interrupted:
             warnings.warn(
                 f"Training was interrupted after {len(state.history)} complete epoch(s); the decoder keeps "

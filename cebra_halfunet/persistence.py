@@ -40,6 +40,13 @@ _EARLIER_DEFAULTS = {
 }
 #: Parameters renamed since, by their earlier name.
 _RENAMED = {"patience": "n_iter_no_change"}
+#: Parameter values renamed since: (parameter, earlier value) -> value.
+_RENAMED_VALUES = {("lr_schedule", "warmup_cosine"): "warmup_stable_decay"}
+#: The training state a checkpoint carries besides the weights (see TrainingState).
+_STATE_FIELDS = (
+    "best_loss", "improved_epoch", "average_steps", "steps", "verdict", "warning",
+    "decay_start_epoch", "decay_end_epoch", "decay_start_step", "decay_steps",
+)
 #: Parameters that may differ between a checkpointed run and the fit that resumes it.
 _RUN_ONLY_PARAMS = {"verbose", "device", "checkpoint_path", "checkpoint_every", "callbacks"}
 
@@ -160,10 +167,7 @@ def save_checkpoint(path, estimator, module, optimizer_state: dict, history: lis
     weights, best loss) and the ``fingerprint`` of the data it was trained on."""
     tensors, metadata = _estimator_contents(estimator, module, optimizer_state, history)
     metadata["fitted"]["best_epoch_"] = state.best_epoch
-    metadata["training"] = {
-        "best_loss": state.best_loss, "improved_epoch": state.improved_epoch,
-        "average_steps": state.average_steps, "fingerprint": fingerprint,
-    }
+    metadata["training"] = {name: getattr(state, name) for name in _STATE_FIELDS} | {"fingerprint": fingerprint}
     tensors.update({f"best.{name}": value for name, value in (state.best_weights or {}).items()})
     tensors.update({f"average.{name}": value for name, value in (state.average_weights or {}).items()})
     write_file(path, tensors, metadata)
@@ -205,6 +209,7 @@ def _file_params(metadata: dict) -> dict:
     """A file's parameters under today's names, with the values of earlier versions for
     parameters the file predates."""
     params = {_RENAMED.get(name, name): value for name, value in metadata.get("params", {}).items()}
+    params = {name: _RENAMED_VALUES.get((name, value), value) if isinstance(value, str) else value for name, value in params.items()}
     return {**_EARLIER_DEFAULTS, **params}
 
 
@@ -238,6 +243,11 @@ def resume_checkpoint(estimator, fingerprint: dict) -> TrainingState:
     ours = {k: v for k, v in _json_params(estimator.get_params(deep=False)).items() if k not in _RUN_ONLY_PARAMS}
     theirs = {k: v for k, v in _file_params(metadata).items() if k not in _RUN_ONLY_PARAMS}
     training = metadata.get("training")
+    if training is not None and not set(_STATE_FIELDS) <= set(training):
+        raise ValueError(
+            f"checkpoint_path={os.fspath(path)!r} holds a checkpoint of an earlier version of cebra-halfunet, whose "
+            "training ran on another schedule: it cannot be resumed exactly. Delete the file or pass another checkpoint_path."
+        )
     if ours != theirs or training is None or training.get("fingerprint") != fingerprint:
         what = "parameters" if ours != theirs else "data (X, y, X_val or y_val)" if training else "kind of file (not a checkpoint)"
         raise ValueError(
@@ -247,10 +257,8 @@ def resume_checkpoint(estimator, fingerprint: dict) -> TrainingState:
     _restore(estimator, path, metadata, tensors)
     return TrainingState(
         history=list(estimator.history_),
-        best_loss=training["best_loss"],
         best_epoch=estimator.best_epoch_,
         best_weights=_with_prefix(tensors, "best.") or None,
-        improved_epoch=training.get("improved_epoch", estimator.best_epoch_),
         average_weights=_with_prefix(tensors, "average.") or None,
-        average_steps=training["average_steps"],
+        **{name: training[name] for name in _STATE_FIELDS},
     )

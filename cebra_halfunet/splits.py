@@ -22,10 +22,31 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .training import VALIDATION_STRETCHES, validation_mask
-
 #: Frames on each side of a held-out stretch that neither part gets (see :func:`frame_validation_split`).
 VALIDATION_GAP = 3
+
+#: Stretches the validation frames of a fit are spread over (see :func:`validation_mask`).
+VALIDATION_STRETCHES = 10
+
+#: A split whose held-out and gap samples exceed this share of the samples warns.
+LARGE_SPLIT = 1 / 3
+
+
+def validation_mask(n_samples: int, n_valid: int, n_stretches: int = VALIDATION_STRETCHES) -> np.ndarray:
+    """Boolean mask ``(n_samples,)`` of ``n_valid`` samples held out for validation.
+
+    Samples are taken to be in time order (a recording). The held-out samples are
+    ``min(n_stretches, n_valid)`` runs of consecutive samples, one at the end of each of as
+    many equal parts of the recording. Each run is a stretch the training samples do not
+    contain, so that neighbouring, correlated frames do not leak into the validation loss;
+    spreading the runs keeps every part of the recording in training, where one stretch at
+    the end would withhold the last scenes of a movie from the decoder altogether.
+    """
+    n_runs = max(min(n_stretches, n_valid), 1)
+    parts = np.arange(n_runs + 1)
+    train_lengths, valid_lengths = np.diff(parts * (n_samples - n_valid) // n_runs), np.diff(parts * n_valid // n_runs)
+    pattern = np.stack([np.zeros(n_runs, dtype=bool), np.ones(n_runs, dtype=bool)], axis=1).ravel()
+    return np.repeat(pattern, np.stack([train_lengths, valid_lengths], axis=1).ravel())
 
 
 def frame_digests(rows) -> np.ndarray:
@@ -83,9 +104,15 @@ class ValidationSplit:
     honest: bool
     reason: str
 
+    @classmethod
+    def none(cls, n_samples: int, reason: str) -> ValidationSplit:
+        """No sample held out (validation on other data, or none)."""
+        nothing = np.zeros(n_samples, dtype=bool)
+        return cls(nothing, nothing, True, reason)
+
     @property
     def train(self) -> np.ndarray:
-        """Samples to train on, ``(n,)`` bool."""
+        """Samples to train on while the held-out ones validate, ``(n,)`` bool."""
         return ~(self.held_out | self.excluded)
 
 
@@ -122,7 +149,7 @@ def frame_validation_split(
         Share of the distinct *frames* held out (rounded up), not of the samples.
     n_stretches : int
         The held-out frames are at most ``n_stretches`` runs of frames consecutive in order
-        of first appearance, spread as :func:`training.validation_mask` spreads them; fewer
+        of first appearance, spread as :func:`validation_mask` spreads them; fewer
         where needed for each run to be at least ``2 * gap`` frames long, so that the gaps
         exclude at most about as many frames as are held out.
     gap : int
@@ -135,7 +162,7 @@ def frame_validation_split(
     ValidationSplit
         No frame is in both parts, and no two samples within ``gap`` positions of each
         other are one held out, one training. When that leaves either part empty (too few
-        distinct frames) the split falls back to :func:`training.validation_mask` over the
+        distinct frames) the split falls back to :func:`validation_mask` over the
         samples, ``honest=False``, with a ``UserWarning``.
     """
     ids = np.asarray(ids)
@@ -158,6 +185,15 @@ def frame_validation_split(
             f"{n_valid} of {n_frames} distinct frames held out in {n_runs} stretch(es), all "
             f"their copies ({held_out.sum()} samples); {excluded.sum()} samples within {gap} frames of them excluded"
         )
+        left_out = int(np.sum(held_out | excluded))
+        if left_out > LARGE_SPLIT * len(ids):
+            warnings.warn(
+                f"The validation split leaves {left_out} of {len(ids)} samples out of training until its last phase "
+                f"({reason}). Frame ids that are not frames (repeat, trial or block ids) do this: pass the stimulus "
+                "frame of each sample, or X_val and y_val.",
+                UserWarning,
+                stacklevel=2,
+            )
         return ValidationSplit(held_out, excluded, True, reason)
     shared = (
         ", sharing frames with training (the validation loss then rewards memorising)" if n_frames < len(ids)

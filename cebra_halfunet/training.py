@@ -34,25 +34,9 @@ from torch import nn
 #: validation rows (with them, as many as there are validation rows).
 TRAIN_PROBE_FRACTION = 0.1
 
-#: Stretches the validation samples of a fit are spread over (see :func:`validation_mask`).
-VALIDATION_STRETCHES = 10
-
-
-def validation_mask(n_samples: int, n_valid: int, n_stretches: int = VALIDATION_STRETCHES) -> np.ndarray:
-    """Boolean mask ``(n_samples,)`` of ``n_valid`` samples held out for validation.
-
-    Samples are taken to be in time order (a recording). The held-out samples are
-    ``min(n_stretches, n_valid)`` runs of consecutive samples, one at the end of each of as
-    many equal parts of the recording. Each run is a stretch the training samples do not
-    contain, so that neighbouring, correlated frames do not leak into the validation loss;
-    spreading the runs keeps every part of the recording in training, where one stretch at
-    the end would withhold the last scenes of a movie from the decoder altogether.
-    """
-    n_runs = max(min(n_stretches, n_valid), 1)
-    parts = np.arange(n_runs + 1)
-    train_lengths, valid_lengths = np.diff(parts * (n_samples - n_valid) // n_runs), np.diff(parts * n_valid // n_runs)
-    pattern = np.stack([np.zeros(n_runs, dtype=bool), np.ones(n_runs, dtype=bool)], axis=1).ravel()
-    return np.repeat(pattern, np.stack([train_lengths, valid_lengths], axis=1).ravel())
+#: Optimizer steps an evaluation period spans at least: the validation loss is measured after
+#: every epoch, or every few epochs when an epoch has fewer steps (see :mod:`~cebra_halfunet.stopping`).
+EVALUATION_STEPS = 32
 
 
 def resolve_device(device) -> torch.device:
@@ -157,16 +141,18 @@ class TrainingState:
     Attributes
     ----------
     history : list of dict
-        One dict per completed epoch: ``epoch`` (counted over all calls); ``train_loss``,
-        measured as ``valid_loss`` is (after the epoch, with the kept weights, the average
-        when averaging, in eval mode, without embedding noise) on a fixed subset of the
-        training rows; ``batch_loss``, the mean of the epoch's training-batch losses (the
-        weights moving, noise on, ensemble members scored one by one); ``valid_loss``
-        (None without validation data); ``duration_s``.
+        One dict per completed epoch: ``epoch`` (counted over all calls); ``phase``
+        (``"stable"``: the first phase, validated; ``"decay"``: the last, on every row);
+        ``batch_loss``, the mean of the epoch's training-batch losses (the weights moving,
+        noise on, ensemble members scored one by one); at the end of each evaluation period
+        (else None), measured alike, with the kept weights (the average when averaging), in
+        eval mode, without embedding noise: ``train_loss`` on a fixed subset of the training
+        rows, ``valid_loss`` on the validation data while they are not trained on, and
+        ``held_out_loss`` on the held-out rows once the decay trains them; ``duration_s``.
     best_loss, best_epoch
         Lowest validation loss so far and its epoch (None before the first).
     best_weights : dict or None
-        State dict of the best epoch (kept when early stopping is on).
+        State dict of the best epoch, kept in the first phase (restored on Ctrl-C).
     improved_epoch : int or None
         Last epoch whose validation loss was lower than the best before it by more than
         the fraction ``tol`` of it (the stop rule's).
@@ -176,10 +162,19 @@ class TrainingState:
         training goes on (checkpoints are written at epoch ends).
     average_steps : int
         Updates that average has had.
+    steps : int
+        Optimizer steps of this call so far.
+    verdict : str or None
+        What ended the first phase (``"stop rule"`` or ``"max_epochs"``), None before.
+    warning : str or None
+        Why the fit ends with a ``ConvergenceWarning``: the cap ended the first phase while
+        the stop rule still saw improvements.
+    decay_start_epoch, decay_end_epoch : int or None
+        The last epoch of the first phase and the last of the decay.
+    decay_start_step, decay_steps : int or None
+        The decay's first optimizer step and its length in steps.
     interrupted : bool
         The run was stopped by Ctrl-C (KeyboardInterrupt).
-    stopped : bool
-        A callback (the stop rule) ended the run (also when it fired at the last epoch).
     """
 
     history: list[dict] = field(default_factory=list)
@@ -189,8 +184,19 @@ class TrainingState:
     improved_epoch: int | None = None
     average_weights: dict | None = None
     average_steps: int = 0
+    steps: int = 0
+    verdict: str | None = None
+    warning: str | None = None
+    decay_start_epoch: int | None = None
+    decay_end_epoch: int | None = None
+    decay_start_step: int | None = None
+    decay_steps: int | None = None
     interrupted: bool = False
-    stopped: bool = False
+
+    @property
+    def decaying(self) -> bool:
+        """In the last phase: every row trains, the rate decays."""
+        return self.decay_start_epoch is not None
 
 
 class WeightAverage:
@@ -269,13 +275,18 @@ class Run:
     epochs : range
         The epochs of this call (continued training counts on from earlier calls); a
         resumed run skips those already in ``state.history``.
-    steps_per_epoch : int
-        Optimizer steps (batches) per epoch.
+    train_rows, all_rows : Tensor of int
+        The rows the first phase trains on (not held out, not in a gap) and every row
+        (the decay trains on them).
+    epochs_per_evaluation : int
+        Epochs between evaluations: one, or enough for :data:`EVALUATION_STEPS` steps.
     evaluated : nn.Module
         The weights that are validated and kept: ``model``, or a weight average that a
         callback put here.
     stop : bool
         Set by a callback to end the run before the next epoch.
+    evaluate : bool
+        Whether the losses are measured after the current epoch (set by the stop rule).
     """
 
     trainer: Trainer
@@ -283,14 +294,27 @@ class Run:
     optimizer: torch.optim.Optimizer
     state: TrainingState
     epochs: range
-    steps_per_epoch: int
+    train_rows: torch.Tensor
+    all_rows: torch.Tensor
+    epochs_per_evaluation: int
     evaluated: nn.Module
     stop: bool = False
+    evaluate: bool = True
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """The rows trained on now."""
+        return self.all_rows if self.state.decaying else self.train_rows
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps (batches) of an epoch now."""
+        return math.ceil(len(self.rows) / self.trainer.batch_size)
 
     @property
     def total_steps(self) -> int:
-        """Optimizer steps of the whole call (resumed or not)."""
-        return len(self.epochs) * self.steps_per_epoch
+        """Optimizer steps of ``len(epochs)`` epochs of the first phase's rows: the cap."""
+        return len(self.epochs) * math.ceil(len(self.train_rows) / self.trainer.batch_size)
 
 
 class Trainer:
@@ -319,9 +343,7 @@ class Trainer:
         self.loss_fn, self.encode, self.batch_size, self.device = loss_fn, encode, batch_size, device
         self.autocast, self.seed, self.input_noise = autocast, seed, input_noise
 
-    def fit(
-        self, model, optimizer, X, Y, *, epochs: range, held_out=None, excluded=None, validation=None, state=None, callbacks=()
-    ) -> TrainingState:
+    def fit(self, model, optimizer, X, Y, *, epochs: range, split=None, validation=None, state=None, callbacks=()) -> TrainingState:
         """Train ``model`` in place with mini-batches drawn from seeded permutations.
 
         Parameters
@@ -332,15 +354,14 @@ class Trainer:
             (or :class:`~cebra_halfunet.targets.DiskImages`).
         epochs : range
             Numbers of the epochs to run (continued training counts on).
-        held_out : Tensor, bool, ``(N,)``, optional
-            Rows held out for validation, evaluated after every epoch (the
-            ``valid_loss`` of the history); training uses the other rows. Indexed in
-            place, never copied.
-        excluded : Tensor, bool, ``(N,)``, optional
-            Rows in neither part (the gap around the validation frames).
+        split : ValidationSplit, optional
+            Rows held out for validation (the ``valid_loss`` of the history) and rows in
+            neither part (the gap around them): the first phase trains on the others, the
+            decay on every row (see :mod:`~cebra_halfunet.stopping`). Indexed in place,
+            never copied. None: every row trains.
         validation : (Tensor, Tensor), optional
             Validation inputs and targets of their own (``X_val``, ``y_val``), in place of
-            ``held_out``.
+            held-out rows.
         state : TrainingState, optional
             State of an earlier, unfinished run of the same call (from a checkpoint): the
             run continues after its last epoch.
@@ -356,20 +377,18 @@ class Trainer:
         """
         model.to(self.device)
         X, Y = _resident([X, Y], self.device)
-        left_out = torch.zeros(len(X), dtype=torch.bool)
-        for mask in (mask for mask in (held_out, excluded) if mask is not None):
-            left_out |= mask
-        rows = torch.nonzero(~left_out).squeeze(1)
+        all_rows = torch.arange(len(X))
+        train_rows = all_rows if split is None else torch.from_numpy(np.flatnonzero(split.train))
+        held_out = None if split is None or not split.held_out.any() else torch.from_numpy(np.flatnonzero(split.held_out))
         if validation is not None:
-            X_val, Y_val, valid_rows = *_resident(list(validation), self.device), None
-            n_valid = len(X_val)
+            valid, n_valid = (*_resident(list(validation), self.device), None), len(validation[0])
+        elif held_out is not None:
+            valid, n_valid = (X, Y, held_out), len(held_out)
         else:
-            X_val, Y_val = X, Y
-            valid_rows = None if held_out is None else torch.nonzero(held_out).squeeze(1)
-            n_valid = None if held_out is None else len(valid_rows)
-        probe = self._probe_rows(rows, n_valid)
-        steps = math.ceil(len(rows) / self.batch_size)
-        run = Run(self, model, optimizer, state if state is not None else TrainingState(), epochs, steps, model)
+            valid, n_valid = None, None
+        probe = self._probe_rows(train_rows, n_valid)
+        per_evaluation = math.ceil(EVALUATION_STEPS / math.ceil(len(train_rows) / self.batch_size))
+        run = Run(self, model, optimizer, state or TrainingState(), epochs, train_rows, all_rows, per_evaluation, model)
         _notify(callbacks, "on_train_begin", run)
         done = {record["epoch"] for record in run.state.history}
         with _InterruptFlag() as interrupt:
@@ -379,22 +398,31 @@ class Trainer:
                 started = time.perf_counter()
                 _notify(callbacks, "on_epoch_begin", run, epoch)
                 try:
-                    batch_loss = self._train_epoch(run, X, Y, rows, epoch, interrupt, callbacks)
+                    batch_loss = self._train_epoch(run, X, Y, epoch, interrupt, callbacks)
                 except KeyboardInterrupt:
                     batch_loss = None
                 if batch_loss is None:
                     run.state.interrupted = True
                     break
-                train_loss = self.evaluate(run.evaluated, X, Y, probe)
-                record = {"epoch": epoch, "train_loss": train_loss, "batch_loss": batch_loss, "valid_loss": None}
-                if n_valid is not None:
-                    record["valid_loss"] = self.evaluate(run.evaluated, X_val, Y_val, valid_rows)
+                record = {"epoch": epoch, "phase": "decay" if run.state.decaying else "stable", "batch_loss": batch_loss}
+                record.update(self._losses(run, X, Y, probe, valid, internal=validation is None))
                 record["duration_s"] = time.perf_counter() - started
                 run.state.history.append(record)
                 _notify(callbacks, "on_epoch_end", run, record)
-        run.state.stopped = run.stop
         _notify(callbacks, "on_train_end", run)
         return run.state
+
+    def _losses(self, run: Run, X, Y, probe, valid, internal: bool) -> dict:
+        """The epoch's ``train_loss``, ``valid_loss`` and ``held_out_loss`` (None when not
+        measured: between evaluations, or no such data). Held-out rows (``internal``) give
+        the ``valid_loss`` until the decay trains them, the ``held_out_loss`` then."""
+        losses = dict.fromkeys(("train_loss", "valid_loss", "held_out_loss"))
+        if run.evaluate:
+            losses["train_loss"] = self.evaluate(run.evaluated, X, Y, probe)
+            if valid is not None:
+                key = "held_out_loss" if internal and run.state.decaying else "valid_loss"
+                losses[key] = self.evaluate(run.evaluated, *valid)
+        return losses
 
     def _probe_rows(self, rows: torch.Tensor, n_valid: int | None) -> torch.Tensor:
         """The training rows whose loss is the ``train_loss`` of the history: as many as the
@@ -405,10 +433,10 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.seed)
         return rows[torch.randperm(len(rows), generator=generator)[: min(n, len(rows))]].sort().values
 
-    def _train_epoch(self, run: Run, X, Y, rows, epoch: int, interrupt, callbacks):
-        """Mean training loss of one pass over shuffled batches of the samples at ``rows``;
-        None if interrupted."""
-        model, optimizer = run.model, run.optimizer
+    def _train_epoch(self, run: Run, X, Y, epoch: int, interrupt, callbacks):
+        """Mean training loss of one pass over shuffled batches of the rows trained on now
+        (``run.rows``); None if interrupted."""
+        model, optimizer, rows = run.model, run.optimizer, run.rows
         model.train()
         total = torch.zeros((), device=self.device)
         generator = torch.Generator().manual_seed(self.seed + epoch)
@@ -421,6 +449,7 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            run.state.steps += 1
             _notify(callbacks, "on_batch_end", run, loss.detach())
             total += loss.detach() * len(index)
             if interrupt.requested:

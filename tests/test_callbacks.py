@@ -65,7 +65,7 @@ def test_train_loss_is_measured_as_the_validation_loss(data, early_stopping):
     params = dict(max_epochs=1, early_stopping=early_stopping, embedding_noise=3.0, ema_decay=0.9)
     model = HalfUNetRegressor(**(FAST | params)).fit(z, images)
     record = model.history_[-1]
-    assert set(record) == {"epoch", "train_loss", "batch_loss", "valid_loss", "duration_s"}
+    assert set(record) == {"epoch", "phase", "train_loss", "batch_loss", "valid_loss", "held_out_loss", "duration_s"}
     # kept (averaged) weights, no noise, on training rows drawn with the seed: as many as
     # the validation rows, or a tenth of the rows without them
     rows = np.flatnonzero(~(model.validation_mask_ | model.excluded_mask_))
