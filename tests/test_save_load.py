@@ -2,6 +2,7 @@
 
 import json
 import pickle
+from pathlib import Path
 
 import joblib
 import numpy as np
@@ -14,6 +15,8 @@ from cebra_halfunet import HalfUNetRegressor
 from cebra_halfunet.persistence import FORMAT_VERSION
 
 from .conftest import make_images
+
+DATA = Path(__file__).with_name("data")
 
 FAST = dict(latent_dim=16, max_epochs=3, batch_size=16, random_state=0)
 
@@ -174,6 +177,19 @@ def test_files_from_before_issue_22_load_with_the_old_names_and_behaviour(data, 
     assert (loaded.n_iter_no_change, loaded.tol, loaded.lr_schedule) == (7, 0.0, "constant")
     assert loaded.stop_reason_ is None and loaded.precision_ == "float32"
     np.testing.assert_array_equal(loaded.predict(z), model.predict(z))
+
+
+def test_a_decoder_file_written_before_the_last_phase_loads_predicts_identically_and_trains_on():
+    """tests/data/decoder_a5f9b8c.safetensors: written by a5f9b8c (latent 8, 2 decoders, float32,
+    the warm-up + cosine schedule), with its predictions for the first 5 embeddings."""
+    z, images = make_images(60, (8, 16))
+    loaded = HalfUNetRegressor.load(DATA / "decoder_a5f9b8c.safetensors")
+    np.testing.assert_array_equal(loaded.predict(z[:5]), np.load(DATA / "decoder_a5f9b8c_predictions.npy"))
+    assert loaded.lr_schedule == "warmup_stable_decay" and loaded.max_epochs == 2  # the schedule of today
+    assert loaded.n_epochs_ == 2 and loaded.stop_reason_ == "max_epochs"
+    loaded.partial_fit(z, images)
+    loaded.set_params(warm_start=True).fit(z, images)
+    assert loaded.n_epochs_ == 5 and [r["epoch"] for r in loaded.history_] == [1, 2, 3, 4, 5]
 
 
 def test_the_body_is_saved_and_loaded(data, tmp_path):
