@@ -7,7 +7,6 @@ the file format :mod:`~cebra_halfunet.persistence`'s.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import os
@@ -573,7 +572,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         the module is back on the CPU afterwards, also after an error. Returns the training
         state and the optimizer's state."""
         device = resolve_device(self.device)
-        model = self.module_.to(device, memory_format=self._memory_format())
+        model = self.module_.to(device, memory_format=self._memory_format(device))
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         if continued:
             optimizer.load_state_dict(self.optimizer_state_)
@@ -695,16 +694,16 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
 
     def _trainer(self, device: torch.device, input_noise: torch.Tensor | None = None) -> Trainer:
         """The trainer for this decoder's loss, targets and settings on ``device``."""
-        autocast = torch.bfloat16 if self._resolved_precision()[0] == "bfloat16" else None
+        autocast = torch.bfloat16 if self._resolved_precision(device)[0] == "bfloat16" else None
         encode = self.target_format_.encode_batch
         return Trainer(self._training_loss(), encode, self.batch_size, device, autocast, self.seed_, input_noise)
 
-    def _memory_format(self) -> torch.memory_format:
-        return torch.channels_last if self._resolved_precision()[1] else torch.contiguous_format
+    def _memory_format(self, device: torch.device) -> torch.memory_format:
+        return torch.channels_last if self._resolved_precision(device)[1] else torch.contiguous_format
 
-    def _resolved_precision(self) -> tuple[str, bool]:
-        """``(precision, channels_last)`` on the configured device (``"auto"`` resolved)."""
-        device = self._inference_device()
+    def _resolved_precision(self, device: torch.device | None = None) -> tuple[str, bool]:
+        """``(precision, channels_last)`` on ``device`` (default: the configured one), ``"auto"`` resolved."""
+        device = self._inference_device() if device is None else device
         precision = fastest_precision(device) if self.precision == "auto" else self.precision
         if self.channels_last != "auto":
             return precision, self.channels_last
@@ -749,11 +748,12 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         out = np.empty((len(X), *target_format.sample_shape), dtype=target_format.output_dtype)
         images = target_format.to_images(out)  # (N, C, H, W) view: batches are written in out's layout
         activation = torch.sigmoid if self.loss == "bce" else (lambda t: t)
-        with self._on_device() as (module, trainer):
-            decode = lambda batch: target_format.decode_batch(activation(batch), self.clip_predictions)  # noqa: E731
-            _, out_of_memory = catch_out_of_memory(lambda: trainer.predict_into(module, torch.from_numpy(X), images, decode))
+        module, trainer = self._inference_module()
+        decode = lambda batch: target_format.decode_batch(activation(batch), self.clip_predictions)  # noqa: E731
+        _, out_of_memory = catch_out_of_memory(lambda: trainer.predict_into(module, torch.from_numpy(X), images, decode))
         if out_of_memory:
-            release_device_memory()  # again, now that the module is back on the CPU
+            del module  # a copy on the GPU: release it too
+            release_device_memory()
             raise _out_of_memory("predict", "It failed even one sample at a time: predict with device='cpu'.")
         return out
 
@@ -775,18 +775,18 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         X = self._validate_X(X, reset=False)
         y = as_array(y, "y")
         targets = self.target_format_.to_tensor(self.target_format_.to_images(y))
-        with self._on_device() as (module, trainer):
-            return trainer.evaluate(module, torch.from_numpy(X), targets)
+        module, trainer = self._inference_module()
+        return trainer.evaluate(module, torch.from_numpy(X), targets)
 
-    @contextlib.contextmanager
-    def _on_device(self):
-        """``(module_, trainer)`` on the inference device; the module goes back to the CPU
-        (standard layout) when the block ends, whatever happened in it."""
+    def _inference_module(self) -> tuple[torch.nn.Module, Trainer]:
+        """``(module, trainer)`` for inference on the configured device: ``module_`` itself on
+        the CPU in the standard layout, else a copy moved to the device and layout, so that
+        the fitted module is never changed (``predict`` is safe from many threads at once)."""
         device = self._inference_device()
-        try:
-            yield self.module_.to(device, memory_format=self._memory_format()), self._trainer(device)
-        finally:
-            self.module_.to("cpu", memory_format=torch.contiguous_format)
+        module, memory_format = self.module_, self._memory_format(device)
+        if device.type != "cpu" or memory_format != torch.contiguous_format:
+            module = copy.deepcopy(module).to(device, memory_format=memory_format)
+        return module, self._trainer(device)
 
     def _inference_device(self) -> torch.device:
         """The configured device, or the CPU (with a warning) when it is not on this machine."""

@@ -475,11 +475,11 @@ class Trainer:
     def predict_into(self, model: nn.Module, X: torch.Tensor, out: np.ndarray, decode) -> np.ndarray:
         """Write ``decode(model(X))`` batch by batch into the preallocated array ``out``.
 
-        Memory beyond ``out`` is one batch of inputs and outputs, whatever ``len(X)``. When
-        a batch runs out of GPU memory the batch size is halved (with a warning) and the
-        batch retried, down to single samples; then the error is raised.
+        ``model`` is in eval mode on the trainer's device, and is only read: calls from many
+        threads may share it. Memory beyond ``out`` is one batch of inputs and outputs,
+        whatever ``len(X)``. When a batch runs out of GPU memory the batch size is halved
+        (with a warning) and the batch retried, down to single samples; then the error is raised.
         """
-        model.to(self.device).eval()
         start, batch_size = 0, self.batch_size
         while start < len(X):
             stop = min(start + batch_size, len(X))
