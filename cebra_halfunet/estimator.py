@@ -448,6 +448,20 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         return self._fit(X, y, incremental=hasattr(self, "module_"), epochs=1)
 
     def _fit(self, X, y, incremental: bool, epochs: int | None = None, validation=(None, None), frame_ids=(None, "frame_ids")):
+        """Fit, or leave the estimator exactly as it was if the fit raises (Ctrl-C excepted:
+        it keeps what was trained, as documented)."""
+        fitted = {name: value for name, value in vars(self).items() if name.endswith("_") and not name.startswith("_")}
+        try:
+            return self._fit_steps(X, y, incremental, epochs, validation, frame_ids)
+        except Exception:
+            for name in [name for name in vars(self) if name.endswith("_") and not name.startswith("_")]:
+                delattr(self, name)
+            vars(self).update(fitted)
+            raise
+
+    def _fit_steps(self, X, y, incremental: bool, epochs: int | None, validation, frame_ids):
+        """Prepare the data, start (new, resumed or continued), train, finish: each step sets
+        fitted attributes; a continued fit trains a copy of the fitted module."""
         partial = epochs is not None  # partial_fit: one epoch, no validation, no schedule
         data = self._prepare(X, y, incremental, not partial and self.early_stopping, validation, frame_ids)
         earlier_history = self.history_ if incremental else []
@@ -560,6 +574,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         build a fresh one; the state of a resumed run."""
         if incremental:
             self.target_format_ = data.target_format  # the fitted rules, the range taking in this y
+            self.module_ = copy.deepcopy(self.module_)  # trained in place: the fitted one stays as it was if this fit fails
             return None
         if self.checkpoint_path is not None and os.path.exists(self.checkpoint_path):
             return resume_checkpoint(self, data.fingerprint)
@@ -575,7 +590,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         model = self.module_.to(device, memory_format=self._memory_format(device))
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         if continued:
-            optimizer.load_state_dict(self.optimizer_state_)
+            optimizer.load_state_dict(copy.deepcopy(self.optimizer_state_))  # its moments would be updated in place
             for group in optimizer.param_groups:
                 group.update(lr=self.lr, weight_decay=self.weight_decay)
                 group.pop("initial_lr", None)  # a schedule of this call starts from lr
