@@ -24,9 +24,9 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._cebra_pickling import register_cebra_pickling
 from ._checks import check_numbers, check_output_shape
-from .callbacks import Checkpoint, ProgressBar, WarmupStableDecay, WeightAveraging
+from .callbacks import Callback, Checkpoint, ProgressBar, WarmupStableDecay, WeightAveraging
 from .losses import LOSS_NAMES, make_loss, per_member
-from .metrics import pooled_r2
+from .metrics import check_finite_images, pooled_r2
 from .networks import DecoderEnsemble, HalfUNetDecoder, ImageOutput
 from .persistence import _to_cpu, load_estimator, resume_checkpoint, save_checkpoint, save_estimator
 from .splits import ValidationSplit, frame_validation_split
@@ -36,6 +36,10 @@ from .targets import LAYOUTS, TargetFormat, TargetScan, as_array, scan_targets
 from .training import (
     Trainer, TrainingState, catch_out_of_memory, fastest_precision, release_device_memory, resolve_device,
 )
+
+
+#: Largest magnitude of an embedding value: beyond it the network's float32 sums overflow.
+X_LIMIT = 1e18
 
 
 def _out_of_memory(stage: str, advice: str) -> torch.cuda.OutOfMemoryError:
@@ -70,7 +74,7 @@ def _frame_ids_from(frame_ids, groups):
         "frame of each sample>. groups is what scikit-learn's searches give their CV splitter (repeat, trial or block "
         "ids), and as frame ids those hold out whole repeats from training.",
         FutureWarning,
-        stacklevel=4,
+        stacklevel=3,
     )
     return groups, "groups"
 
@@ -476,6 +480,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
     def _prepare(self, X, y, incremental: bool, validate: bool, validation=(None, None), frame_ids=(None, "frame_ids")) -> _FitData:
         """Check the parameters and data; scan the targets once; choose the validation rows."""
         self._validate_params()
+        self._check_run_settings()
         register_cebra_pickling()  # the CEBRA step before this decoder pickles
         output_shape = None if self.output_shape is None else check_output_shape(self.output_shape)
         resolve_device(self.device)
@@ -518,6 +523,25 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
             "target_format": target_format.to_json(),
         }
         return _FitData(X, target_format, images, scan, split, None if val is None else val[:2], fingerprint)
+
+    def _check_run_settings(self) -> None:
+        """Refuse, before any training, a ``checkpoint_path`` that cannot be written and
+        ``callbacks`` that are not copyable Callbacks."""
+        if self.checkpoint_path is not None:
+            path = os.path.abspath(os.fspath(self.checkpoint_path))
+            if os.path.isdir(path):
+                raise ValueError(f"checkpoint_path={os.fspath(self.checkpoint_path)!r} is a folder: name a file in it.")
+            if not os.path.isdir(os.path.dirname(path)):
+                raise ValueError(
+                    f"checkpoint_path={os.fspath(self.checkpoint_path)!r}: its folder {os.path.dirname(path)!r} does not exist."
+                )
+        for callback in self.callbacks or []:
+            if not isinstance(callback, Callback):
+                raise TypeError(f"callbacks must be cebra_halfunet.callbacks.Callback objects, got {type(callback).__name__}.")
+        try:
+            copy.deepcopy(self.callbacks)
+        except Exception as error:
+            raise TypeError(f"callbacks must be copyable with copy.deepcopy (each fit runs on copies): {error}") from None
 
     def _validation_data(self, X, validation, ids_name, validate: bool, output_shape, target_format) -> tuple | None:
         """``(X_val, images of y_val, frame digests of y_val)`` checked, or None.
@@ -655,14 +679,14 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         # A user's callback that ends the run before the decay is a stop rule of its own.
         self.stop_reason_ = INTERRUPTED if state.interrupted else None if partial else state.verdict or STOP_RULE
         if state.warning is not None and not state.interrupted:
-            warnings.warn(state.warning, ConvergenceWarning, stacklevel=4)
+            warnings.warn(state.warning, ConvergenceWarning, stacklevel=5)
         if state.interrupted:
             warnings.warn(
                 f"Training was interrupted after {len(state.history)} complete epoch(s); the decoder keeps "
                 f"{'the weights of epoch ' + str(state.best_epoch) if state.best_weights else 'its last weights'}. "
                 "partial_fit (or fit with warm_start=True) continues.",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
             raise KeyboardInterrupt
         if self.checkpoint_path is not None:
@@ -773,15 +797,24 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         return out
 
     def _validate_X(self, X, reset: bool, name: str = "X") -> np.ndarray:
-        """``X`` (or ``X_val``: ``name``) as a float32 ``(N, D)`` array; a TypeError naming
-        it for non-numbers."""
+        """``X`` (or ``X_val``: ``name``) as a contiguous float32 ``(N, D)`` array; a
+        TypeError naming it for non-numbers, a ValueError for values float32 cannot train on."""
+        if isinstance(X, torch.Tensor):
+            X = X.detach().cpu()
         check_numbers(X, name)
         try:
-            return validate_data(self, X, reset=reset, dtype=np.float32)
+            X = validate_data(self, X, reset=reset, dtype=np.float32)
         except ValueError as error:
             if name == "X":
                 raise
             raise ValueError(f"{name} is not valid (scikit-learn's check calls it X): {error}") from None
+        largest = float(np.abs(X).max(initial=0.0))
+        if largest > X_LIMIT:
+            raise ValueError(
+                f"{name} holds values up to {largest:.3g}: beyond {X_LIMIT:.0e}, the network (float32) overflows. "
+                f"Standardise {name} (e.g. StandardScaler before the decoder)."
+            )
+        return np.ascontiguousarray(X)  # a copy only of views with reversed axes
 
     def evaluate_loss(self, X, y) -> float:
         """Mean training loss of the fitted decoder over ``(X, y)``, in network units
@@ -813,7 +846,11 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
 
     def score(self, X, y, sample_weight=None) -> float:
         """R² pooled over all pixels of ``y`` (see Notes); 1 is perfect."""
-        prediction = self.predict(X)
+        check_is_fitted(self, "module_")
         y = as_array(y, "y")
         self.target_format_.check(y)
+        check_finite_images(y, "y")
+        prediction = self.predict(X)
+        if len(prediction) != len(y):
+            raise ValueError(f"X and y must have the same number of samples, got {len(prediction)} and {len(y)}.")
         return pooled_r2(y, prediction, sample_weight)
