@@ -7,6 +7,7 @@ the file format :mod:`~cebra_halfunet.persistence`'s.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import os
@@ -27,14 +28,15 @@ from ._checks import check_numbers, check_output_shape
 from .callbacks import Callback, Checkpoint, ProgressBar, WarmupStableDecay, WeightAveraging
 from .losses import LOSS_NAMES, make_loss, per_member
 from .metrics import check_finite_images, pooled_r2
-from .networks import DecoderEnsemble, HalfUNetDecoder, ImageOutput
-from .persistence import _to_cpu, load_estimator, resume_checkpoint, save_checkpoint, save_estimator
+from .networks import LARGE_LATENT_DIM, DecoderEnsemble, HalfUNetDecoder, ImageOutput
+from .persistence import exclusive
+from .saving import SavingMixin
 from .splits import ValidationSplit, frame_validation_split
 from .splits import frame_ids as first_copies
 from .stopping import INTERRUPTED, STOP_RULE, StopRule
 from .targets import LAYOUTS, TargetFormat, TargetScan, as_array, scan_targets
 from .training import (
-    Trainer, TrainingState, catch_out_of_memory, fastest_precision, release_device_memory, resolve_device,
+    Trainer, TrainingState, catch_out_of_memory, fastest_precision, release_device_memory, resolve_device, state_to_cpu,
 )
 
 
@@ -92,7 +94,7 @@ class _FitData:
     fingerprint: dict
 
 
-class HalfUNetRegressor(RegressorMixin, BaseEstimator):
+class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
     """Decode embeddings (e.g. from ``cebra.CEBRA``) into images with a HalfUNet decoder.
 
     Parameters
@@ -467,15 +469,44 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         """Prepare the data, start (new, resumed or continued), train, finish: each step sets
         fitted attributes; a continued fit trains a copy of the fitted module."""
         partial = epochs is not None  # partial_fit: one epoch, no validation, no schedule
+        if incremental:
+            self._check_structure("continue training")
         data = self._prepare(X, y, incremental, not partial and self.early_stopping, validation, frame_ids)
         earlier_history = self.history_ if incremental else []
-        state = self._start(data, incremental)
-        first_epoch = self.n_epochs_ + 1 if incremental else 1
-        epochs = range(first_epoch, first_epoch + (epochs or self.max_epochs))
-        self.precision_, self.channels_last_ = self._resolved_precision()
-        continued = incremental or state is not None
-        state, optimizer_state = self._train(data, state, epochs, earlier_history, continued, partial)
-        return self._finish(data, state, optimizer_state, earlier_history, partial)
+        path = self.checkpoint_path
+        with exclusive(path, "checkpoint_path") if path is not None else contextlib.nullcontext():
+            state = self._start(data, incremental)
+            first_epoch = self.n_epochs_ + 1 if incremental else 1
+            epochs = range(first_epoch, first_epoch + (epochs or self.max_epochs))
+            self.precision_, self.channels_last_ = self._resolved_precision()
+            continued = incremental or state is not None
+            state, optimizer_state = self._train(data, state, epochs, earlier_history, continued, partial)
+            return self._finish(data, state, optimizer_state, earlier_history, partial)
+
+    def _check_structure(self, action: str) -> None:
+        """A ValueError naming the first parameter that no longer describes the fitted network
+        (changed by ``set_params`` since the fit that built it), before ``action``."""
+        decoder = self.module_.decoder
+        members = list(decoder.members) if isinstance(decoder, DecoderEnsemble) else [decoder]
+        latent_dim = self.n_features_in_ if self.latent_dim is None else self.latent_dim
+        large = self.body == "large" or (self.body == "auto" and latent_dim >= LARGE_LATENT_DIM)
+        target = self.target_format_
+        layout = {"channels_last": True, "channels_first": False}.get(self.target_layout, target.channels_last)
+        changed = [
+            ("ensemble_size", len(members), self.ensemble_size),
+            ("latent_dim", members[0].latent_dim, latent_dim),
+            ("body", "large" if members[0].is_large else "light", "large" if large else "light"),
+            ("loss", "bce" if target.probabilities else "not bce", "bce" if self.loss == "bce" else "not bce"),
+            ("output_shape", target.shape, target.shape if self.output_shape is None else tuple(self.output_shape)),
+            ("output_channels", target.channels, target.channels if self.output_channels is None else self.output_channels),
+            ("target_layout", target.channels_last, layout),
+        ]
+        for name, fitted, now in changed:
+            if fitted != now:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} does not describe the fitted decoder ({name}: {fitted}); it cannot "
+                    f"{action}. Set {name} back, or fit with warm_start=False to train a new decoder."
+                )
 
     def _prepare(self, X, y, incremental: bool, validate: bool, validation=(None, None), frame_ids=(None, "frame_ids")) -> _FitData:
         """Check the parameters and data; scan the targets once; choose the validation rows."""
@@ -601,7 +632,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
             self.module_ = copy.deepcopy(self.module_)  # trained in place: the fitted one stays as it was if this fit fails
             return None
         if self.checkpoint_path is not None and os.path.exists(self.checkpoint_path):
-            return resume_checkpoint(self, data.fingerprint)
+            return self._resume_checkpoint(data.fingerprint)
         self._initialise(data)
         return None
 
@@ -613,7 +644,14 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
         device = resolve_device(self.device)
         model = self.module_.to(device, memory_format=self._memory_format(device))
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        if continued:
+        if continued and self.optimizer_state_ is None:
+            warnings.warn(
+                "This decoder was saved weights_only: training continues with fresh optimizer moments (AdamW "
+                "restarts its running averages), not exactly as the saved fit would have.",
+                UserWarning,
+                stacklevel=5,
+            )
+        elif continued:
             optimizer.load_state_dict(copy.deepcopy(self.optimizer_state_))  # its moments would be updated in place
             for group in optimizer.param_groups:
                 group.update(lr=self.lr, weight_decay=self.weight_decay)
@@ -626,7 +664,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
 
         def write_checkpoint(state: TrainingState) -> None:
             history = earlier_history + state.history
-            save_checkpoint(self.checkpoint_path, self, model, optimizer.state_dict(), history, state, data.fingerprint)
+            self._write_checkpoint(model, optimizer.state_dict(), history, state, data.fingerprint)
 
         validation = None
         if data.validation is not None:
@@ -656,7 +694,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
                 f"the large body is used from 1024 up), the image size (now {target_format.channels}x{target_format.shape[0]}x"
                 f"{target_format.shape[1]}), or set gradient_checkpointing=True.",
             )
-        return state, _to_cpu(optimizer.state_dict())
+        return state, state_to_cpu(optimizer.state_dict())
 
     def _callbacks(self, validating: bool, scheduled: bool, write_checkpoint) -> list:
         """The built-in callbacks of a fit, then fresh copies of the user's."""
@@ -690,7 +728,7 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
             )
             raise KeyboardInterrupt
         if self.checkpoint_path is not None:
-            save_checkpoint(self.checkpoint_path, self, self.module_, self.optimizer_state_, self.history_, state, data.fingerprint)
+            self._write_checkpoint(self.module_, self.optimizer_state_, self.history_, state, data.fingerprint)
         return self
 
     def _build_module(self, target_format: TargetFormat, offset: np.ndarray | None = None, scale: float = 1.0) -> ImageOutput:
@@ -709,8 +747,8 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
             for _ in range(self.ensemble_size)
         ]
         decoder = decoders[0] if self.ensemble_size == 1 else DecoderEnsemble(decoders)
-        if offset is None:
-            offset = np.zeros((target_format.channels, *target_format.shape), dtype=np.float32)
+        if offset is None:  # on the meta device too (a file's network, checked before it is built)
+            offset = torch.zeros((target_format.channels, *target_format.shape))
         return ImageOutput(decoder, offset, scale).eval()
 
     def _initialise(self, data: _FitData) -> None:
@@ -751,27 +789,6 @@ class HalfUNetRegressor(RegressorMixin, BaseEstimator):
     def _training_loss(self):
         """The loss being minimised, in network units (targets' span times the value scale)."""
         return per_member(make_loss(self.loss, self.data_range_ * self.target_format_.value_scale))
-
-    # ------------------------------------------------------ files and checkpoints
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the fitted decoder to ``path`` in a format that cannot run code when loaded.
-
-        One safetensors file: weights and optimizer moments as raw tensors, parameters
-        and fitted metadata as JSON, a format version and a checksum. Share these files;
-        open pickles/joblib files only from sources you trust. Written atomically.
-        """
-        check_is_fitted(self, "module_")
-        save_estimator(path, self, self.module_, self.optimizer_state_, self.history_)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> HalfUNetRegressor:
-        """Read a decoder written by :meth:`save` (or a checkpoint); predicts identically.
-
-        Raises ``ValueError`` for files that are not decoder files (e.g. pickles, which are
-        never unpickled), were altered (checksum), come from a newer format version, or
-        whose weights do not fit the recorded parameters.
-        """
-        return load_estimator(cls, path)
 
     # --------------------------------------------------------------- prediction
     def predict(self, X):

@@ -39,6 +39,17 @@ TRAIN_PROBE_FRACTION = 0.1
 EVALUATION_STEPS = 32
 
 
+def state_to_cpu(state):
+    """Copy of a (nested) state dict with every tensor on the CPU."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().cpu().clone()
+    if isinstance(state, dict):
+        return {key: state_to_cpu(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(state_to_cpu(value) for value in state)
+    return state
+
+
 def resolve_device(device) -> torch.device:
     """``'auto'`` -> CUDA when available, else CPU; otherwise check that ``device`` exists."""
     if isinstance(device, str) and device == "auto":

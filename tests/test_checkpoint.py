@@ -35,7 +35,8 @@ def test_resumed_fit_equals_the_uninterrupted_run(data, tmp_path, monkeypatch, e
     assert resumed.best_epoch_ == reference.best_epoch_
     assert resumed.stop_reason_ == reference.stop_reason_ == "stop rule"  # the rule's state and the phase resumed
     np.testing.assert_array_equal(resumed.predict(z), reference.predict(z))
-    assert os.listdir(tmp_path) == ["run.safetensors"]  # no temporary files left
+    assert sorted(os.listdir(tmp_path)) == [
+        ".run.safetensors.lock", "run.safetensors"]  # no temporary files left (the lock file stays)
 
 
 def test_finished_checkpoint_gives_the_same_decoder_without_training(data, tmp_path, monkeypatch):
@@ -81,4 +82,5 @@ def test_a_failed_write_leaves_the_previous_file(data, tmp_path, monkeypatch):
     monkeypatch.setattr("cebra_halfunet.persistence.save_file", failing_save)
     with pytest.raises(OSError, match="disk full"):
         model.partial_fit(z, images)  # writes its checkpoint over the same path
-    assert path.read_bytes() == before and os.listdir(tmp_path) == ["run.safetensors"]
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == [".run.safetensors.lock", "run.safetensors"]  # no temporary file left

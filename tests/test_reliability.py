@@ -172,3 +172,21 @@ def test_metrics_refuse_non_finite_empty_or_unscaled_input(data):
             metric(images, images, data_range=None)
     with pytest.raises(ValueError, match="at least one"):
         metrics.pooled_r2(images[:0], images[:0])
+
+
+@pytest.mark.parametrize(
+    "change, name",
+    [({"latent_dim": 32}, "latent_dim"), ({"ensemble_size": 2}, "ensemble_size"), ({"body": "large"}, "body"),
+     ({"loss": "bce"}, "loss"), ({"output_shape": (16, 8)}, "output_shape"), ({"target_layout": "channels_last"}, "target_layout")],
+)
+def test_continuing_a_fit_with_another_structure_is_refused_naming_the_parameter(data, fitted, tmp_path, change, name):
+    z, images = data
+    before = copy.deepcopy(vars(fitted))
+    fitted.set_params(**change)
+    for attempt in (lambda: fitted.set_params(warm_start=True).fit(z, images), lambda: fitted.partial_fit(z, images),
+                    lambda: fitted.save(tmp_path / "decoder")):
+        with pytest.raises(ValueError, match=f"{name}=.* does not describe the fitted decoder"):
+            attempt()
+    assert_same({k: v for k, v in before.items() if k.endswith("_")}, {k: v for k, v in vars(fitted).items() if k.endswith("_")})
+    if name in ("latent_dim", "ensemble_size", "body", "loss"):  # a new fit of the new structure is fine
+        fitted.set_params(warm_start=False).fit(z, images if name != "loss" else (images > 0.5).astype(np.float32))

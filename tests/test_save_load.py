@@ -12,7 +12,7 @@ from safetensors.torch import safe_open, save_file
 from sklearn.exceptions import NotFittedError
 
 from cebra_halfunet import HalfUNetRegressor
-from cebra_halfunet.persistence import FORMAT_VERSION
+from cebra_halfunet.persistence import FORMAT_VERSION, _checksum
 
 from .conftest import make_images
 
@@ -27,8 +27,9 @@ def fitted(data):
     return HalfUNetRegressor(**FAST, loss="l1_ssim").fit(z, images)
 
 
-def rewrite(path, edit_metadata=None, edit_tensors=None):
-    """Rewrite a decoder file with its JSON header or tensors changed (a tampered file)."""
+def rewrite(path, edit_metadata=None, edit_tensors=None, checksum=True):
+    """Rewrite a decoder file with its JSON header or tensors changed: a crafted file, its
+    checksum recomputed as whoever crafts one can (or, ``checksum=False``, left as it was)."""
     with safe_open(path, framework="pt") as file:
         header = json.loads(file.metadata()["cebra_halfunet"])
         tensors = {name: file.get_tensor(name) for name in file.keys()}
@@ -36,6 +37,8 @@ def rewrite(path, edit_metadata=None, edit_tensors=None):
         edit_metadata(header)
     if edit_tensors:
         edit_tensors(tensors)
+    if checksum:
+        header["sha256"] = _checksum(header, tensors)
     save_file(tensors, path, metadata={"cebra_halfunet": json.dumps(header)})
 
 
@@ -102,7 +105,17 @@ def test_a_joblib_pickled_decoder_is_not_loaded(fitted, tmp_path):
 def test_altered_weights_fail_the_checksum(fitted, tmp_path):
     path = tmp_path / "decoder"
     fitted.save(path)
-    rewrite(path, edit_tensors=lambda tensors: tensors["module.offset"].add_(0.5))
+    rewrite(path, edit_tensors=lambda tensors: tensors["module.offset"].add_(0.5), checksum=False)
+    with pytest.raises(ValueError, match="checksum"):
+        HalfUNetRegressor.load(path)
+
+
+def test_an_altered_header_fails_the_checksum(fitted, tmp_path):
+    path = tmp_path / "decoder"
+    fitted.save(path)
+    low, high = fitted.target_format_.value_range
+    edit = lambda header: header["fitted"]["target_format_"].update(value_range=[low + 0.25, high])  # noqa: E731
+    rewrite(path, edit_metadata=edit, checksum=False)
     with pytest.raises(ValueError, match="checksum"):
         HalfUNetRegressor.load(path)
 
@@ -112,7 +125,7 @@ def test_altered_weights_fail_the_checksum(fitted, tmp_path):
     [
         (lambda header: header["params"].update(latent_dim=32), "does not describe a decoder"),
         (lambda header: header["params"].update(lr=-1.0), "lr"),
-        (lambda header: header["params"].update(evil="x"), "does not take"),
+        (lambda header: header["params"].update(evil="x"), "unexpected keyword argument 'evil'"),
         (lambda header: header["fitted"]["target_format_"].update(dtype="|O"), "dtype"),
         (lambda header: header.update(format_version=FORMAT_VERSION + 1), "Upgrade"),
         (lambda header: header.update(format="something else"), "no cebra-halfunet header"),
