@@ -102,28 +102,42 @@ class Checkpoint(Callback):
             self.write(run.state)
 
 
-class ProgressBar(Callback):
-    """A progress bar of the batches of each epoch, with the losses of the last epoch and
-    the best validation loss so far."""
+class PrintLog(Callback):
+    """One line per epoch, as skorch's ``PrintLog`` prints it, above a progress bar of the
+    epoch's batches: the epoch, its phase, the mean batch loss, and at evaluations the
+    training and validation losses (``*`` marks a new best) or, in the last phase, the loss of
+    the held-out frames now trained on; the learning rate at the epoch's end; its seconds."""
+
+    COLUMNS = ("epoch", "phase", "batch_loss", "train_loss", "valid_loss", "held_out", "lr", "dur")
 
     def on_train_begin(self, run: Run) -> None:
-        self.bar = tqdm(total=run.steps_per_epoch, unit="batch", leave=True)
+        tqdm.write(" ".join(f"{name:>11}" for name in self.COLUMNS))
+        tqdm.write(" ".join(["-" * 11] * len(self.COLUMNS)))
+        self.bar = tqdm(total=run.steps_per_epoch, unit="batch", leave=False)
 
     def on_epoch_begin(self, run: Run, epoch: int) -> None:
         self.bar.reset(total=run.steps_per_epoch)
-        self.bar.set_description(f"HalfUNet epoch {epoch}/{run.epochs[-1]}")
+        self.bar.set_description(f"epoch {epoch} (at most {run.epochs[-1]})")
 
     def on_batch_end(self, run: Run, loss: torch.Tensor) -> None:
         self.bar.update()
 
     def on_epoch_end(self, run: Run, record: dict) -> None:
-        losses = {k: f"{v:.4g}" for k, v in record.items() if k.endswith("loss") and v is not None}
-        if run.state.best_epoch is not None:
-            losses["best"] = f"{run.state.best_loss:.4g} (epoch {run.state.best_epoch})"
-        self.bar.set_postfix(losses)
+        best = record["valid_loss"] is not None and run.state.best_epoch == record["epoch"]
+        cells = [
+            f"{record['epoch']:>11}", f"{record['phase']:>11}", _cell(record["batch_loss"]), _cell(record["train_loss"]),
+            _cell(record["valid_loss"], "*" if best else " "), _cell(record["held_out_loss"]),
+            f"{run.optimizer.param_groups[0]['lr']:>11.2e}", f"{record['duration_s']:>10.1f}s",
+        ]
+        tqdm.write(" ".join(cells))
 
     def on_train_end(self, run: Run) -> None:
         self.bar.close()
+
+
+def _cell(value: float | None, mark: str = " ") -> str:
+    """A loss in an 11-character column, its last character a mark (blank when not measured)."""
+    return " " * 11 if value is None else f"{value:>10.4f}{mark}"
 
 
 class LRScheduler(Callback):

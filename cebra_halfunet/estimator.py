@@ -25,7 +25,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._cebra_pickling import register_cebra_pickling
 from ._checks import check_numbers, check_output_shape
-from .callbacks import Callback, Checkpoint, ProgressBar, WarmupStableDecay, WeightAveraging
+from .callbacks import Callback, Checkpoint, PrintLog, WarmupStableDecay, WeightAveraging
 from .losses import LOSS_NAMES, make_loss, per_member
 from .metrics import check_finite_images, pooled_r2
 from .networks import LARGE_LATENT_DIM, DecoderEnsemble, HalfUNetDecoder, ImageOutput
@@ -209,7 +209,8 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
     warm_start : bool, default False
         ``fit`` continues from the fitted weights instead of starting again.
     verbose : bool or int, default False
-        Show a progress bar with the losses.
+        Print a line per epoch (losses, the best marked, learning rate, seconds) above a
+        progress bar of the epoch's batches.
     gradient_checkpointing : bool, default False
         Recompute activations in the backward pass: less memory, same result.
     checkpoint_path : str, path or None, default None
@@ -702,7 +703,7 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
         callbacks += [WeightAveraging(self.ema_decay)] if self.ema_decay else []
         callbacks += [StopRule(self.n_iter_no_change, self.tol, validating)]
         callbacks += [Checkpoint(write_checkpoint, self.checkpoint_every)] if self.checkpoint_path is not None else []
-        callbacks += [ProgressBar()] if self.verbose else []
+        callbacks += [PrintLog()] if self.verbose else []
         return callbacks + copy.deepcopy(list(self.callbacks or []))
 
     def _finish(self, data: _FitData, state: TrainingState, optimizer_state: dict, earlier_history: list, partial: bool):
@@ -831,7 +832,8 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
                 f"{name} holds values up to {largest:.3g}: beyond {X_LIMIT:.0e}, the network (float32) overflows. "
                 f"Standardise {name} (e.g. StandardScaler before the decoder)."
             )
-        return np.ascontiguousarray(X)  # a copy only of views with reversed axes
+        X = np.ascontiguousarray(X)  # a copy only of views with reversed axes
+        return X if X.flags.writeable else X.copy()  # torch warns about read-only arrays (DataFrames give them)
 
     def evaluate_loss(self, X, y) -> float:
         """Mean training loss of the fitted decoder over ``(X, y)``, in network units

@@ -251,13 +251,15 @@ class WeightAverage:
 class _InterruptFlag:
     """Context in which Ctrl-C sets ``requested`` instead of raising, so that the loop can
     stop cleanly after the current batch. A second Ctrl-C raises at once. Outside the main
-    thread (where signal handlers cannot be set) a KeyboardInterrupt arrives as usual."""
+    thread (where signal handlers cannot be set) a KeyboardInterrupt arrives as usual; where
+    the user ignores Ctrl-C (``SIG_IGN``), it stays ignored."""
 
     requested = False
 
     def __enter__(self):
         self._previous = None
-        if threading.current_thread() is threading.main_thread():
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # Ctrl-C ignored by the user: it stays so
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 

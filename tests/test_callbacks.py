@@ -75,3 +75,16 @@ def test_train_loss_is_measured_as_the_validation_loss(data, early_stopping):
     probe = np.sort(rows[order[:n_probe]])
     assert record["train_loss"] == pytest.approx(model.evaluate_loss(z[probe], images[probe]), rel=1e-5)
     assert record["batch_loss"] != pytest.approx(record["train_loss"], rel=1e-3)
+
+
+def test_verbose_prints_a_line_per_epoch_with_the_best_marked(data, capsys):
+    z, images = data
+    model = HalfUNetRegressor(**(FAST | dict(max_epochs=5, lr_schedule="warmup_stable_decay")), verbose=1).fit(z, images)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert lines[0].split() == ["epoch", "phase", "batch_loss", "train_loss", "valid_loss", "held_out", "lr", "dur"]
+    rows = [line.split() for line in lines[2:]]
+    assert [int(row[0]) for row in rows] == [record["epoch"] for record in model.history_]
+    assert [row[1] for row in rows] == [record["phase"] for record in model.history_]
+    best = [row for row in rows if any(cell.endswith("*") for cell in row)]
+    assert [int(row[0]) for row in best][-1] == model.best_epoch_
+    assert float(rows[-1][-2]) == 0.0 and rows[-1][-1].endswith("s")  # the rate decayed to 0 at the last step

@@ -63,3 +63,15 @@ def test_interrupted_fit_without_validation_keeps_the_last_weights_and_partial_f
     assert model.predict(z).shape == images.shape
     model.partial_fit(z, images)
     assert [record["epoch"] for record in model.history_] == [1, 2]
+
+
+def test_a_ctrl_c_the_user_ignores_stays_ignored(data, monkeypatch):
+    z, images = data
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        at_training_batch(monkeypatch, 2, send_sigint)
+        model = HalfUNetRegressor(**FAST, early_stopping=False).fit(z, images)  # not interrupted
+        assert model.n_epochs_ == 5 and model.stop_reason_ == "max_epochs"
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -190,3 +190,18 @@ def test_continuing_a_fit_with_another_structure_is_refused_naming_the_parameter
     assert_same({k: v for k, v in before.items() if k.endswith("_")}, {k: v for k, v in vars(fitted).items() if k.endswith("_")})
     if name in ("latent_dim", "ensemble_size", "body", "loss"):  # a new fit of the new structure is fine
         fitted.set_params(warm_start=False).fit(z, images if name != "loss" else (images > 0.5).astype(np.float32))
+
+
+def test_read_only_and_dataframe_embeddings_train_without_warnings(data):
+    pandas = pytest.importorskip("pandas")
+    z, images = data
+    frozen = z.copy()
+    frozen.setflags(write=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*not writable.*")
+        model = HalfUNetRegressor(**FAST).fit(frozen, images)
+        model.predict(frozen)
+        HalfUNetRegressor(**FAST).fit(pandas.DataFrame(z), images).predict(pandas.DataFrame(z))
+    assert model.n_features_in_ == z.shape[1]
