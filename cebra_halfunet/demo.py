@@ -117,8 +117,8 @@ def main(argv=None) -> DecoderReport:
     print(f"CEBRA (temperature {pipeline[0].cebra_.temperature}) + HalfUNet ({decoder.ensemble_size} decoders, "
           f"{decoder.loss}): {seconds:.0f} s, "
           f"{decoder.n_epochs_} decoder epochs ({decoder.stop_reason_}), best {decoder.best_epoch_}, {decoder.precision_}")
-    report = evaluate_decoder(pipeline, X_train, y_train, X_test, y_test,
-                              frame_index=data.per_trial(np.arange(args.frames), data.is_test), window=MOVIE_FPS,
+    frame_index = data.per_trial(np.arange(args.frames), data.is_test)
+    report = evaluate_decoder(pipeline, X_train, y_train, X_test, y_test, frame_index=frame_index, window=MOVIE_FPS,
                               baselines=BASELINES, n_shuffles=args.controls, random_state=args.seed)
     print(f"\nHeld-out frames: decoder, baselines on the same embeddings"
           f"{', controls (refitted without the neural signal)' if args.controls else ''}")
@@ -129,7 +129,7 @@ def main(argv=None) -> DecoderReport:
 
     args.out.mkdir(parents=True, exist_ok=True)
     shown = np.linspace(0, len(y_test) - 1, 8).astype(int)  # spread over the held-out stretches
-    figure = plot_reconstructions(y_test, pipeline.predict(X_test), indices=shown)
+    figure = plot_reconstructions(y_test, pipeline.predict(X_test), indices=shown, frame_index=frame_index)
     figure.savefig(args.out / "reconstruction_results.png", dpi=110)
     plot_learning_curve(decoder).savefig(args.out / "learning_curve.png", dpi=110)
     plot_frame_scores(report).savefig(args.out / "frame_scores.png", dpi=110)
