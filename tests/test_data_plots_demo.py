@@ -135,7 +135,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     report = main(["--size", "8", "16", "--frames", "200", "--repeats", "2", "--neurons", "40", "--epochs", "2", "--cebra-iterations", "5",
                    "--cebra-temperature", "0.5", "--latent-dim", "16", "--ensemble-size", "2", "--device", "cpu", "--out", str(tmp_path)])
     assert report.rows == ("HalfUNetRegressor", "mean image", "ridge (cebra ridge_decoding)", "kNN (grid over k, metric)",
-                           "MLP (cebra mlp_decoding)")
+                           "MLP (cebra mlp_decoding, centred)")
     assert np.isfinite(report.mean).all() and np.all((report.low <= report.mean + 1e-9) & (report.mean <= report.high + 1e-9))
     assert report.window == 15 and report.per_frame.shape[-1] == 80  # 40 held-out frames, 2 repeats
     for name in ("reconstruction_results.png", "learning_curve.png", "frame_scores.png"):
