@@ -114,7 +114,8 @@ def main(argv=None) -> DecoderReport:
                                 device=args.device, random_state=args.seed, verbose=True, **cap)
     pipeline, seconds = timed(make_pipeline(CEBRAEmbedding(embedder, label="pca", random_state=args.seed), decoder).fit,
                               X_train, y_train)
-    print(f"CEBRA (temperature {pipeline[0].cebra_.temperature}) + HalfUNet ({decoder.ensemble_size} decoders, "
+    decoders = "1 decoder" if decoder.ensemble_size == 1 else f"{decoder.ensemble_size} decoders"
+    print(f"CEBRA (temperature {pipeline[0].cebra_.temperature}) + HalfUNet ({decoders}, "
           f"{decoder.loss}): {seconds:.0f} s, "
           f"{decoder.n_epochs_} decoder epochs ({decoder.stop_reason_}), best {decoder.best_epoch_}, {decoder.precision_}")
     frame_index = data.per_trial(np.arange(args.frames), data.is_test)

@@ -373,6 +373,9 @@ class ImageScorer:
         return f"ImageScorer({', '.join([self.metric.__name__, *(f'{k}={v!r}' for k, v in self.kwargs.items())])})"
 
 
+#: Mean SSIM of the predictions, Gaussian-weighted windows (11 pixels, sigma 1.5) as Wang et al.
+#: 2004 compute it: like skimage's ``structural_similarity(..., gaussian_weights=True,
+#: sigma=1.5, use_sample_covariance=False)``, not skimage's default (uniform 7x7 windows).
 ssim_scorer = ImageScorer(structural_similarity)
 psnr_scorer = ImageScorer(peak_signal_noise_ratio)
 correlation_scorer = ImageScorer(pixel_correlation, uses_data_range=False)
