@@ -142,7 +142,8 @@ def pooled_r2(y_true: np.ndarray, y_pred: np.ndarray, sample_weight=None) -> flo
     ValueError for empty, mismatched or non-finite inputs and for weights that are not one
     non-negative number per sample, summing above 0 (where ``r2_score`` raises, or returns NaN).
     """
-    y_true, y_pred = as_array(y_true, "y_true"), as_array(y_pred, "y_pred")
+    y_true, y_pred = (as_array(a, name) for a, name in ((y_true, "y_true"), (y_pred, "y_pred")))
+    y_true, y_pred = (a.reshape(len(a), -1) if a.ndim == 1 else a for a in (y_true, y_pred))  # one output per sample
     n = _check_pair(y_true, y_pred)
     weights = np.ones(n) if sample_weight is None else _check_sample_weight(sample_weight, n)
     flat_true, flat_pred = y_true.reshape(n, -1), y_pred.reshape(n, -1)

@@ -124,14 +124,16 @@ def test_no_convergence_warning_without_validation_or_in_partial_fit():
 
 
 # ------------------------------------------------------ counted in steps
-def test_short_epochs_are_evaluated_every_so_many_steps(monkeypatch):
-    monkeypatch.setattr("cebra_halfunet.training.EVALUATION_STEPS", 32)
-    z, images = make_images(60)  # 51 training rows: 4 batches of 16, an evaluation every 8 epochs
-    model = regressor(max_epochs=40, n_iter_no_change=1).fit(z, images)
+def test_short_epochs_are_evaluated_every_so_many_steps(default_evaluation_period):
+    from cebra_halfunet.training import EVALUATION_STEPS
+
+    z, images = make_images(60)  # 51 training rows: 4 batches of 16 an epoch
+    period = math.ceil(EVALUATION_STEPS / 4)
+    model = regressor(max_epochs=10 * period, n_iter_no_change=1).fit(z, images)
     evaluated = [r["epoch"] for r in model.history_ if r["train_loss"] is not None]
     stable = [r["epoch"] for r in model.history_ if r["phase"] == "stable"]
-    assert evaluated[: len(stable) // 8] == list(range(8, len(stable) + 1, 8))
-    assert len(stable) % 8 == 0 and len(stable) >= 16  # the rule waited two periods (64 steps)
+    assert period > 1 and evaluated[: len(stable) // period] == list(range(period, len(stable) + 1, period))
+    assert len(stable) % period == 0 and len(stable) >= 2 * period  # the rule waited for two evaluations
     assert evaluated[-1] == model.n_epochs_  # the fit's last epoch is always measured
 
 
