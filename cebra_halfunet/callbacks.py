@@ -92,14 +92,14 @@ class WarmupStableDecay(Callback):
 
 
 class Checkpoint(Callback):
-    """Call ``write(state)`` every ``every`` epochs of the call (counted from its first)."""
+    """Call ``write(state, model, optimizer)`` every ``every`` epochs of the run (counted from its first)."""
 
     def __init__(self, write, every: int = 1):
         self.write, self.every = write, every
 
     def on_epoch_end(self, run: Run, record: dict) -> None:
         if (record["epoch"] - run.epochs.start + 1) % self.every == 0:
-            self.write(run.state)
+            self.write(run.state, run.model, run.optimizer)
 
 
 class PrintLog(Callback):
@@ -110,7 +110,12 @@ class PrintLog(Callback):
 
     COLUMNS = ("epoch", "phase", "batch_loss", "train_loss", "valid_loss", "held_out", "lr", "dur")
 
+    def __init__(self, title: str = ""):
+        self.title = title
+
     def on_train_begin(self, run: Run) -> None:
+        if self.title:
+            tqdm.write(self.title)
         tqdm.write(" ".join(f"{name:>11}" for name in self.COLUMNS))
         tqdm.write(" ".join(["-" * 11] * len(self.COLUMNS)))
         self.bar = tqdm(total=run.steps_per_epoch, unit="batch", leave=False)

@@ -33,7 +33,7 @@ from .persistence import exclusive
 from .saving import SavingMixin
 from .splits import ValidationSplit, frame_validation_split
 from .splits import frame_ids as first_copies
-from .stopping import INTERRUPTED, STOP_RULE, StopRule
+from .stopping import INTERRUPTED, STOP_RULE, Pilot, StopRule, final_epochs
 from .targets import LAYOUTS, TargetFormat, TargetScan, as_array, scan_targets
 from .training import (
     Trainer, TrainingState, catch_out_of_memory, fastest_precision, release_device_memory, resolve_device, state_to_cpu,
@@ -88,10 +88,20 @@ class _FitData:
     X: np.ndarray
     target_format: TargetFormat
     images: object  # (N, C, H, W) ndarray or DiskImages
-    scan: TargetScan
+    moments: tuple  # (mean image, pixel standard deviation) of every row
+    training_moments: tuple  # of the rows outside the split's held-out frames and gaps (the pilot's)
     split: ValidationSplit  # validation rows, gap rows, and how they were chosen
     validation: tuple | None  # (X_val, images of y_val) given by the user
     fingerprint: dict
+
+    @property
+    def pilots(self) -> bool:
+        """Frames of X are held out: a pilot run chooses the length (see :mod:`~cebra_halfunet.stopping`)."""
+        return bool(self.split.held_out.any())
+
+
+class _InterruptedPilot(KeyboardInterrupt):
+    """Ctrl-C while the pilot chose the length: nothing was trained to keep."""
 
 
 class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
@@ -460,29 +470,43 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
         fitted = {name: value for name, value in vars(self).items() if name.endswith("_") and not name.startswith("_")}
         try:
             return self._fit_steps(X, y, incremental, epochs, validation, frame_ids)
-        except Exception:
+        except (Exception, _InterruptedPilot):
             for name in [name for name in vars(self) if name.endswith("_") and not name.startswith("_")]:
                 delattr(self, name)
             vars(self).update(fitted)
             raise
 
     def _fit_steps(self, X, y, incremental: bool, epochs: int | None, validation, frame_ids):
-        """Prepare the data, start (new, resumed or continued), train, finish: each step sets
-        fitted attributes; a continued fit trains a copy of the fitted module."""
+        """Prepare the data; start (new, resumed or continued); a pilot run chooses the length
+        when frames of ``X`` are held out; train; finish. Each step sets fitted attributes; a
+        continued fit trains a copy of the fitted module."""
         partial = epochs is not None  # partial_fit: one epoch, no validation, no schedule
         if incremental:
             self._check_structure("continue training")
-        data = self._prepare(X, y, incremental, not partial and self.early_stopping, validation, frame_ids)
+        # A warm start validates on X_val only: the fit before it trained every frame of X.
+        validate = not partial and self.early_stopping and (not incremental or validation[0] is not None)
+        data = self._prepare(X, y, incremental, validate, validation, frame_ids)
         earlier_history = self.history_ if incremental else []
         path = self.checkpoint_path
         with exclusive(path, "checkpoint_path") if path is not None else contextlib.nullcontext():
-            state = self._start(data, incremental)
+            state, pilot = self._start(data, incremental)
             first_epoch = self.n_epochs_ + 1 if incremental else 1
-            epochs = range(first_epoch, first_epoch + (epochs or self.max_epochs))
+            if data.pilots and pilot is None:
+                pilot = self._run_pilot(data, first_epoch)
+            epochs = self._epochs(first_epoch, pilot, epochs)
             self.precision_, self.channels_last_ = self._resolved_precision()
             continued = incremental or state is not None
-            state, optimizer_state = self._train(data, state, epochs, earlier_history, continued, partial)
-            return self._finish(data, state, optimizer_state, earlier_history, partial)
+            state, optimizer_state = self._train(data, state, epochs, earlier_history, pilot, continued, partial)
+            return self._finish(data, state, optimizer_state, earlier_history, pilot, partial)
+
+    def _epochs(self, first: int, pilot: Pilot | None, epochs: int | None) -> range:
+        """The epochs of the final run: after the pilot's, as many as it chose plus the decay;
+        else ``epochs`` (partial_fit's one) or ``max_epochs``."""
+        if pilot is not None:
+            left = self.max_epochs - len(pilot.history)
+            first = pilot.history[-1]["epoch"] + 1
+            return range(first, first + min(final_epochs(pilot.length), left))
+        return range(first, first + (epochs or self.max_epochs))
 
     def _check_structure(self, action: str) -> None:
         """A ValueError naming the first parameter that no longer describes the fitted network
@@ -545,6 +569,7 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
                 f"got values in [{scan.low}, {scan.high}]."
             )
         split = self._split(X, scan, validate, val, (ids, ids_name))
+        moments = scan.moments(target_format.value_scale)
         scan.leave_out(images, ~split.train)
         digest = hashlib.sha256(np.ascontiguousarray(X).tobytes())  # with the targets' digests: no second pass
         for part in (split.held_out, split.excluded, scan.frame_digests) + ((val[0], val[2]) if val else ()):
@@ -554,7 +579,8 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
             "inputs_sha256": digest.hexdigest(),
             "target_format": target_format.to_json(),
         }
-        return _FitData(X, target_format, images, scan, split, None if val is None else val[:2], fingerprint)
+        training_moments = scan.moments(target_format.value_scale)
+        return _FitData(X, target_format, images, moments, training_moments, split, None if val is None else val[:2], fingerprint)
 
     def _check_run_settings(self) -> None:
         """Refuse, before any training, a ``checkpoint_path`` that cannot be written and
@@ -614,6 +640,11 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
             return ValidationSplit.none(len(X), "no validation (early_stopping=False or partial_fit)")
         if val is not None:
             return ValidationSplit.none(len(X), f"X_val and y_val as given ({len(val[0])} samples)")
+        if self.max_epochs < 2:
+            return ValidationSplit.none(
+                len(X), "no validation: max_epochs=1 leaves no room to choose the length (a pilot epoch, then a final "
+                "one); every sample trains for one epoch"
+            )
         if self.validation_fraction == 0 or len(X) < 2:
             raise ValueError(
                 f"early_stopping needs at least one training and one validation sample "
@@ -625,26 +656,49 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
         source = "frames found by hashing the targets" if ids is None else f"frames given by {name}"
         return replace(split, reason=f"{source}: {split.reason}")
 
-    def _start(self, data: _FitData, incremental: bool) -> TrainingState | None:
+    def _start(self, data: _FitData, incremental: bool) -> tuple[TrainingState | None, Pilot | None]:
         """Continue the fitted decoder, resume the checkpoint at ``checkpoint_path``, or
-        build a fresh one; the state of a resumed run."""
+        build a fresh one; the state of a resumed run and the pilot that preceded it."""
         if incremental:
             self.target_format_ = data.target_format  # the fitted rules, the range taking in this y
             self.module_ = copy.deepcopy(self.module_)  # trained in place: the fitted one stays as it was if this fit fails
-            return None
+            return None, None
         if self.checkpoint_path is not None and os.path.exists(self.checkpoint_path):
             return self._resume_checkpoint(data.fingerprint)
         self._initialise(data)
-        return None
+        return None, None
 
-    def _train(self, data: _FitData, state: TrainingState | None, epochs: range, earlier_history: list, continued: bool, partial: bool):
-        """Run the trainer over ``epochs`` (``continued``: with the fitted optimizer state;
-        ``partial``: a ``partial_fit`` epoch, without a schedule);
-        the module is back on the CPU afterwards, also after an error. Returns the training
-        state and the optimizer's state."""
-        device = resolve_device(self.device)
-        model = self.module_.to(device, memory_format=self._memory_format(device))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+    def _run_pilot(self, data: _FitData, first_epoch: int) -> Pilot:
+        """One decoder on the training rows, validated on the held-out frames until the stop
+        rule fires: its best epoch is the length of the final run. Not checkpointed (a
+        resumed fit runs it again, seeded: the same length)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed_ + 1)
+            model = self._build_module(self.target_format_, *self._output_scaling(data.training_moments), members=1)
+        callbacks = [WarmupStableDecay()] if self.lr_schedule == "warmup_stable_decay" else []
+        callbacks += [WeightAveraging(self.ema_decay)] if self.ema_decay else []
+        callbacks += [StopRule(self.n_iter_no_change, self.tol, validating=True, pilot=True)]
+        callbacks += [PrintLog("pilot: one decoder on the training frames, validated")] if self.verbose else []
+        split = data.split
+        state, _, _ = self._run(
+            model, None, data, range(first_epoch, first_epoch + self.max_epochs), callbacks,
+            rows=np.flatnonzero(split.train), held_out=np.flatnonzero(split.held_out),
+        )
+        for record in state.history:
+            record["phase"] = "pilot"
+        if state.interrupted:
+            warnings.warn(
+                "Training was interrupted while the pilot chose its length: nothing was trained to keep, the "
+                "estimator is as it was.", RuntimeWarning, stacklevel=5,
+            )
+            raise _InterruptedPilot
+        return Pilot.of(state)
+
+    def _train(self, data: _FitData, state, epochs: range, earlier_history: list, pilot, continued: bool, partial: bool):
+        """Train ``module_`` over ``epochs``: every row after a pilot (the held-out frames
+        measured as trained), otherwise validated on ``X_val`` if given (``continued``: with
+        the fitted optimizer state; ``partial``: a ``partial_fit`` epoch, without a schedule).
+        Returns the training state and the optimizer's state."""
         if continued and self.optimizer_state_ is None:
             warnings.warn(
                 "This decoder was saved weights_only: training continues with fresh optimizer moments (AdamW "
@@ -652,37 +706,50 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
                 UserWarning,
                 stacklevel=5,
             )
-        elif continued:
-            optimizer.load_state_dict(copy.deepcopy(self.optimizer_state_))  # its moments would be updated in place
+        optimizer_state = self.optimizer_state_ if continued else None
+        previous = earlier_history + (pilot.history if pilot is not None else [])
+
+        def write_checkpoint(state: TrainingState, model, optimizer) -> None:
+            self._write_checkpoint(model, optimizer.state_dict(), previous + state.history, state, data.fingerprint, pilot)
+
+        scheduled = self.lr_schedule == "warmup_stable_decay" and not partial
+        callbacks = self._callbacks(data.validation is not None, scheduled, write_checkpoint)
+        held_out = np.flatnonzero(data.split.held_out) if data.pilots else None
+        state, optimizer_state, model = self._run(self.module_, optimizer_state, data, epochs, callbacks, state=state, held_out=held_out)
+        self.module_ = model
+        return state, optimizer_state
+
+    def _run(self, model, optimizer_state, data: _FitData, epochs: range, callbacks, state=None, rows=None, held_out=None):
+        """One run of the trainer: ``model`` on the device, AdamW (from ``optimizer_state`` if
+        given), over ``epochs``; the model is back on the CPU afterwards, also after an error.
+        Returns ``(state, optimizer state, model)``; a GPU out-of-memory says what to change."""
+        device = resolve_device(self.device)
+        model = model.to(device, memory_format=self._memory_format(device))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if optimizer_state is not None:
+            optimizer.load_state_dict(copy.deepcopy(optimizer_state))  # its moments would be updated in place
             for group in optimizer.param_groups:
                 group.update(lr=self.lr, weight_decay=self.weight_decay)
                 group.pop("initial_lr", None)  # a schedule of this call starts from lr
-        X, split = data.X, data.split
+        X = data.X
         noise = None
         if self.embedding_noise:  # in float64: a float32 variance overflows for values beyond 1e19
-            noise = torch.from_numpy((self.embedding_noise * X[split.train].std(axis=0, dtype=np.float64)).astype(np.float32))
-        trainer = self._trainer(device, noise)
-
-        def write_checkpoint(state: TrainingState) -> None:
-            history = earlier_history + state.history
-            self._write_checkpoint(model, optimizer.state_dict(), history, state, data.fingerprint)
-
+            spread = X[data.split.train].std(axis=0, dtype=np.float64)
+            noise = torch.from_numpy((self.embedding_noise * spread).astype(np.float32))
         validation = None
         if data.validation is not None:
             X_val, val_images = data.validation
             validation = torch.from_numpy(X_val), data.target_format.to_tensor(val_images)
-        scheduled = self.lr_schedule == "warmup_stable_decay" and not partial
-        callbacks = self._callbacks(split.held_out.any() or validation is not None, scheduled, write_checkpoint)
         inputs, targets = torch.from_numpy(X), data.target_format.to_tensor(data.images)
         try:
             state, out_of_memory = catch_out_of_memory(
-                lambda: trainer.fit(
-                    model, optimizer, inputs, targets, epochs=epochs, split=split,
+                lambda: self._trainer(device, noise).fit(
+                    model, optimizer, inputs, targets, epochs=epochs, rows=rows, held_out=held_out,
                     validation=validation, state=state, callbacks=callbacks,
                 )
             )
         finally:
-            self.module_ = model.to("cpu", memory_format=torch.contiguous_format).eval()
+            model = model.to("cpu", memory_format=torch.contiguous_format).eval()
         if out_of_memory:
             # Released again now that the module is on the CPU, without the optimizer's moments
             # and the averaged weights: on the GPU they would outlive the error in its traceback.
@@ -695,10 +762,10 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
                 f"the large body is used from 1024 up), the image size (now {target_format.channels}x{target_format.shape[0]}x"
                 f"{target_format.shape[1]}), or set gradient_checkpointing=True.",
             )
-        return state, state_to_cpu(optimizer.state_dict())
+        return state, state_to_cpu(optimizer.state_dict()), model
 
     def _callbacks(self, validating: bool, scheduled: bool, write_checkpoint) -> list:
-        """The built-in callbacks of a fit, then fresh copies of the user's."""
+        """The built-in callbacks of the final run, then fresh copies of the user's."""
         callbacks = [WarmupStableDecay()] if scheduled else []
         callbacks += [WeightAveraging(self.ema_decay)] if self.ema_decay else []
         callbacks += [StopRule(self.n_iter_no_change, self.tol, validating)]
@@ -706,19 +773,20 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
         callbacks += [PrintLog()] if self.verbose else []
         return callbacks + copy.deepcopy(list(self.callbacks or []))
 
-    def _finish(self, data: _FitData, state: TrainingState, optimizer_state: dict, earlier_history: list, partial: bool):
+    def _finish(self, data: _FitData, state: TrainingState, optimizer_state: dict, earlier_history: list, pilot, partial: bool):
         """Keep the outcome as fitted attributes; warn and re-raise after Ctrl-C; write the
         final checkpoint."""
         self.optimizer_state_ = optimizer_state
-        self.history_ = earlier_history + state.history
+        self.history_ = earlier_history + (pilot.history if pilot is not None else []) + state.history
         self.n_epochs_ = self.history_[-1]["epoch"] if self.history_ else 0
-        self.best_epoch_ = state.best_epoch
+        self.best_epoch_ = pilot.best_epoch if pilot is not None else state.best_epoch
         self.validation_mask_, self.excluded_mask_ = data.split.held_out, data.split.excluded
         self.validation_reason_ = data.split.reason
-        # A user's callback that ends the run before the decay is a stop rule of its own.
-        self.stop_reason_ = INTERRUPTED if state.interrupted else None if partial else state.verdict or STOP_RULE
-        if state.warning is not None and not state.interrupted:
-            warnings.warn(state.warning, ConvergenceWarning, stacklevel=5)
+        verdict, warning = (pilot.verdict, pilot.warning) if pilot is not None else (state.verdict, state.warning)
+        # A user's callback that ends the run before its decay is a stop rule of its own.
+        self.stop_reason_ = INTERRUPTED if state.interrupted else None if partial else verdict or STOP_RULE
+        if warning is not None and not state.interrupted:
+            warnings.warn(warning, ConvergenceWarning, stacklevel=5)
         if state.interrupted:
             warnings.warn(
                 f"Training was interrupted after {len(state.history)} complete epoch(s); the decoder keeps "
@@ -729,13 +797,16 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
             )
             raise KeyboardInterrupt
         if self.checkpoint_path is not None:
-            self._write_checkpoint(self.module_, self.optimizer_state_, self.history_, state, data.fingerprint)
+            self._write_checkpoint(self.module_, self.optimizer_state_, self.history_, state, data.fingerprint, pilot)
         return self
 
-    def _build_module(self, target_format: TargetFormat, offset: np.ndarray | None = None, scale: float = 1.0) -> ImageOutput:
+    def _build_module(self, target_format: TargetFormat, offset: np.ndarray | None = None, scale: float = 1.0,
+                      members: int | None = None) -> ImageOutput:
         """The network for ``target_format``, in eval mode: a HalfUNetDecoder (a
-        DecoderEnsemble of ``ensemble_size`` of them from 2 up) behind the output scaling
-        (``offset`` ``(C, H, W)``, zeros when None: to be loaded from a state dict)."""
+        DecoderEnsemble of ``members``, by default ``ensemble_size``, of them from 2 up) behind
+        the output scaling (``offset`` ``(C, H, W)``, zeros when None: to be loaded from a
+        state dict)."""
+        members = self.ensemble_size if members is None else members
         decoders = [
             HalfUNetDecoder(
                 self.n_features_in_,
@@ -745,30 +816,33 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
                 gradient_checkpointing=self.gradient_checkpointing,
                 body=self.body,
             )
-            for _ in range(self.ensemble_size)
+            for _ in range(members)
         ]
-        decoder = decoders[0] if self.ensemble_size == 1 else DecoderEnsemble(decoders)
+        decoder = decoders[0] if members == 1 else DecoderEnsemble(decoders)
         if offset is None:  # on the meta device too (a file's network, checked before it is built)
             offset = torch.zeros((target_format.channels, *target_format.shape))
         return ImageOutput(decoder, offset, scale).eval()
 
     def _initialise(self, data: _FitData) -> None:
-        """Build a fresh network for the targets, normalised by their moments outside the
-        validation rows."""
-        target_format, scan = data.target_format, data.scan
-        self.target_format_ = target_format
-        self.data_range_ = target_format.data_range
+        """Build a fresh network for the targets, normalised by the moments of the rows it
+        trains on (every row, but for the pilot's held-out frames when there is no pilot)."""
+        self.target_format_ = data.target_format
+        self.data_range_ = data.target_format.data_range
         self.seed_ = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        mean, std = scan.moments(target_format.value_scale)
-        if self.loss == "bce":
-            clipped = np.clip(mean, 1e-3, 1 - 1e-3)
-            offset, scale = np.log(clipped / (1 - clipped)), 1.0
-        else:
-            offset, scale = mean, std or 1.0
+        moments = data.moments if data.pilots else data.training_moments
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed_)
-            self.module_ = self._build_module(target_format, offset, scale)
+            self.module_ = self._build_module(data.target_format, *self._output_scaling(moments))
         self.history_, self.n_epochs_, self.best_epoch_ = [], 0, None
+
+    def _output_scaling(self, moments: tuple) -> tuple[np.ndarray, float]:
+        """``(offset, scale)`` of the network's output for targets of ``(mean, std)``: the
+        mean image (its logit for ``"bce"``) and the pixel standard deviation."""
+        mean, std = moments
+        if self.loss == "bce":
+            clipped = np.clip(mean, 1e-3, 1 - 1e-3)
+            return np.log(clipped / (1 - clipped)), 1.0
+        return mean, std or 1.0
 
     def _trainer(self, device: torch.device, input_noise: torch.Tensor | None = None) -> Trainer:
         """The trainer for this decoder's loss, targets and settings on ``device``."""

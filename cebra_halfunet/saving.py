@@ -23,7 +23,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._checks import check_output_shape
 from .persistence import TensorInfo, read_header, read_tensors, write_file
-from .stopping import INTERRUPTED, MAX_EPOCHS, STOP_RULE
+from .stopping import INTERRUPTED, MAX_EPOCHS, STOP_RULE, Pilot
 from .targets import TargetFormat
 from .training import TrainingState
 
@@ -45,6 +45,7 @@ STATE_FIELDS = (
     "best_loss", "improved_epoch", "average_steps", "steps", "verdict", "warning",
     "decay_start_epoch", "decay_end_epoch", "decay_start_step", "decay_steps",
 )
+PILOT_FIELDS = ("history", "best_epoch", "best_loss", "verdict", "warning")
 _HISTORY_KEYS = {"epoch", "phase", "batch_loss", "train_loss", "valid_loss", "held_out_loss", "duration_s"}
 _TORCH_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16"}
 
@@ -93,9 +94,12 @@ class SavingMixin:
             header["training"] = training
         return tensors, header
 
-    def _write_checkpoint(self, module, optimizer_state: dict, history: list, state: TrainingState, fingerprint: dict) -> None:
-        """The decoder file plus the training state and the ``fingerprint`` of the data."""
+    def _write_checkpoint(self, module, optimizer_state: dict, history: list, state: TrainingState, fingerprint: dict,
+                          pilot: Pilot | None) -> None:
+        """The decoder file plus the training state, the pilot's outcome (if a pilot chose the
+        length) and the ``fingerprint`` of the data."""
         training = {name: getattr(state, name) for name in STATE_FIELDS} | {"fingerprint": fingerprint}
+        training["pilot"] = None if pilot is None else {name: getattr(pilot, name) for name in PILOT_FIELDS}
         tensors, header = self._file_contents(module, optimizer_state, history, training)
         header["fitted"]["best_epoch_"] = state.best_epoch
         tensors.update({f"best.{name}": value for name, value in (state.best_weights or {}).items()})
@@ -103,14 +107,15 @@ class SavingMixin:
         write_file(self.checkpoint_path, tensors, header)
 
     # --------------------------------------------------------------- reading
-    def _resume_checkpoint(self, fingerprint: dict) -> TrainingState:
-        """Take the fitted state of the checkpoint at ``checkpoint_path``; its training state.
-        A ValueError when it holds another fit (parameters, data) or is not a checkpoint."""
+    def _resume_checkpoint(self, fingerprint: dict) -> tuple[TrainingState, Pilot | None]:
+        """Take the fitted state of the checkpoint at ``checkpoint_path``; its training state
+        and the pilot's outcome. A ValueError when it holds another fit (parameters, data) or
+        is not a checkpoint."""
         path = self.checkpoint_path
         loaded, header, tensors = type(self)._read(path)
         training = header.get("training")
         ours, theirs = (_json_params(estimator.get_params(deep=False)) for estimator in (self, loaded))
-        if training is not None and not set(STATE_FIELDS) <= set(training):
+        if training is not None and not set(STATE_FIELDS) | {"pilot"} <= set(training):
             raise ValueError(
                 f"checkpoint_path={os.fspath(path)!r} holds a checkpoint of an earlier version of cebra-halfunet, whose "
                 "training ran on another schedule: it cannot be resumed exactly. Delete the file or pass another checkpoint_path."
@@ -124,13 +129,15 @@ class SavingMixin:
         for name, value in vars(loaded).items():
             if name.endswith("_"):
                 setattr(self, name, value)
-        return TrainingState(
-            history=list(self.history_),
-            best_epoch=self.best_epoch_,
+        pilot = _checked_pilot(training["pilot"], path)
+        state = TrainingState(
+            history=[record for record in self.history_ if record.get("phase") != "pilot"],
+            best_epoch=None if pilot is not None else self.best_epoch_,
             best_weights=_with_prefix(tensors, "best.") or None,
             average_weights=_with_prefix(tensors, "average.") or None,
             **_checked_training(training, path),
         )
+        return state, pilot
 
     @classmethod
     def _read(cls, path):
@@ -303,7 +310,7 @@ def _is_history_record(record) -> bool:
     return (
         isinstance(record, dict) and set(record) <= _HISTORY_KEYS and _is_int(record.get("epoch"), 1)
         and all(value is None or _is_number(value) for key, value in record.items() if key != "phase")
-        and record.get("phase", "stable") in ("stable", "decay")
+        and record.get("phase", "stable") in ("pilot", "stable", "decay")
     )
 
 
@@ -332,6 +339,18 @@ def _checked_training(training: dict, path) -> dict:
     if not numbers_ok or not (values["warning"] is None or isinstance(values["warning"], str)):
         raise ValueError(f"checkpoint_path={os.fspath(path)!r}: its training state is not one a fit writes.")
     return values
+
+
+def _checked_pilot(values, path) -> Pilot | None:
+    """A checkpoint's pilot outcome (:data:`PILOT_FIELDS`), or None (no pilot)."""
+    if values is None:
+        return None
+    ok = isinstance(values, dict) and isinstance(values.get("history"), list) and values["history"]
+    ok = ok and all(_is_history_record(record) for record in values["history"]) and _is_int(values.get("best_epoch"), 1)
+    ok = ok and _is_number(values.get("best_loss")) and values.get("verdict") in (STOP_RULE, MAX_EPOCHS)
+    if not ok or not (values.get("warning") is None or isinstance(values["warning"], str)):
+        raise ValueError(f"checkpoint_path={os.fspath(path)!r}: its pilot's outcome is not one a fit writes.")
+    return Pilot(**{name: values[name] for name in PILOT_FIELDS})
 
 
 def _with_prefix(tensors: dict, prefix: str) -> dict:

@@ -1,22 +1,31 @@
-"""How long a fit trains: the stop rule, its verdict, the last phase on every sample, the cap.
+"""How long a fit trains: the stop rule, its verdict, the decay, the cap.
 
-A fit has two phases. In the first, the decoder trains on the training rows while the
-held-out frames (or ``X_val``) validate it after every evaluation period: one epoch, or as
-many epochs as make :data:`EVALUATION_STEPS` optimizer steps when epochs are short (small data
-sets get the steps they need before they are judged). The **stop rule** ends the phase after
-``n_iter_no_change`` evaluations without a validation loss below ``(1 - tol)`` times the best
-so far. The second phase, the **decay**, trains on *every* row, the held-out frames and the gap
-around them included, for :data:`DECAY_FRACTION` of the first phase's epochs (at least one),
-while the learning rate decays to 0 (:func:`~cebra_halfunet.schedules.warmup_stable_decay`);
-its weights are kept. So the held-out frames decide how long to train, and the decoder that
-predicts has trained on every frame.
+A run is **validated** when the held-out frames (or ``X_val``) measure it after every
+evaluation period: one epoch, or as many epochs as make ``training.EVALUATION_STEPS``
+optimizer steps when epochs are short (small data sets get the steps they need before they
+are judged). The **stop rule** fires after ``n_iter_no_change`` evaluations without a
+validation loss below ``(1 - tol)`` times the best so far. The rate is held until then, and
+the run then **decays** it to 0 for :data:`DECAY_FRACTION` of the epochs before (at least
+one; :func:`~cebra_halfunet.schedules.warmup_stable_decay`), and keeps the weights at the end.
 
-``max_epochs`` caps both phases together: once one more epoch of the first phase would leave
-no room for its decay, the decay starts (verdict ``"max_epochs"``); if the rule had seen an
-improvement above ``tol`` in its last ``n_iter_no_change`` evaluations, the fit ends with a
-``ConvergenceWarning`` (its text is the state's ``warning``) (never after the rule, in ``partial_fit`` or on Ctrl-C). Without
-validation (``early_stopping=False``, ``partial_fit``) the cap alone decides: the last
-:data:`DECAY_FRACTION` share of ``max_epochs`` decays. A training loss that is not finite
+How the estimator uses it (``HalfUNetRegressor.fit``):
+
+- held-out frames of ``X``: a **pilot** run (one decoder, the other frames, no decay) ends
+  where the rule fires; its best epoch is the length. The final run trains the decoder (all of
+  its ``ensemble_size`` members) on *every* frame for that many epochs, then decays: the
+  held-out frames chose the length, and the decoder that predicts trained on every frame as
+  long as on any other.
+- ``X_val``: one run, validated on ``X_val`` (no frame of ``X`` is held out), that decays once
+  the rule fires.
+- no validation (``early_stopping=False``, a warm start without ``X_val``): one run of
+  ``max_epochs`` epochs, the last :data:`DECAY_FRACTION` of them decaying.
+
+``max_epochs`` caps a fit, the pilot and the final run together: the pilot runs at most half
+of it, and the final run what is left if its length and decay do not fit; in a run that
+decays, once one more epoch would leave no room for the decay, the decay starts (verdict
+``"max_epochs"``); if the rule had seen an improvement above ``tol``
+in its last ``n_iter_no_change`` evaluations, the fit ends with a ``ConvergenceWarning``
+(never after the rule, in ``partial_fit`` or on Ctrl-C). A training loss that is not finite
 stops the fit with a ``ValueError``.
 """
 
@@ -24,28 +33,67 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass, field
 
 from .callbacks import Callback
-from .training import Run
+from .training import Run, TrainingState
 
 #: ``stop_reason_`` values: the stop rule fired, the epoch cap was reached, Ctrl-C.
 STOP_RULE, MAX_EPOCHS, INTERRUPTED = "stop rule", "max_epochs", "interrupted"
 
-#: Length of the decay on every sample, as a share of the first phase's epochs.
+#: Length of the decay, as a share of the epochs before it.
 DECAY_FRACTION = 0.25
 
 
 def decay_epochs(stable_epochs: int) -> int:
-    """Epochs of the decay after ``stable_epochs`` epochs of the first phase (at least one)."""
+    """Epochs of the decay after ``stable_epochs`` epochs at the full rate (at least one)."""
     return max(1, math.ceil(round(DECAY_FRACTION * stable_epochs, 6)))
+
+
+def final_epochs(length: int) -> int:
+    """Epochs of a final run of ``length`` epochs at the full rate, its decay included."""
+    return length + decay_epochs(length)
 
 
 def _plural(count: int, word: str) -> str:
     return f"{count} {word}" + ("" if count == 1 else "s")
 
 
+@dataclass
+class Pilot:
+    """What the pilot run found: the length of the final run and why the pilot ended.
+
+    Attributes
+    ----------
+    history : list of dict
+        The pilot's epochs (``phase`` ``"pilot"``), numbered from the fit's first.
+    best_epoch : int
+        Epoch of the lowest validation loss.
+    best_loss : float
+    verdict : str
+        ``"stop rule"`` or ``"max_epochs"``.
+    warning : str or None
+        The ``ConvergenceWarning`` of a pilot that the cap ended while it still improved.
+    """
+
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_loss: float = math.inf
+    verdict: str = STOP_RULE
+    warning: str | None = None
+
+    @property
+    def length(self) -> int:
+        """Epochs at the full rate of the final run: those of the pilot up to its best."""
+        return self.best_epoch - self.history[0]["epoch"] + 1
+
+    @classmethod
+    def of(cls, state: TrainingState) -> Pilot:
+        return cls(state.history, state.best_epoch, state.best_loss, state.verdict, state.warning)
+
+
 class StopRule(Callback):
-    """The stop rule, the cap and the switch to the decay on every row (see the module).
+    """The stop rule, the cap and the decay of one run (see the module).
 
     Parameters
     ----------
@@ -55,23 +103,26 @@ class StopRule(Callback):
         Relative improvement that counts: a loss below ``(1 - tol)`` times the best.
     validating : bool
         Whether there are validation data (held-out rows or ``X_val``) to judge by.
+    pilot : bool
+        The run is a pilot: the verdict ends it, and the cap leaves room for a final run of
+        as many epochs, decay included.
     """
 
-    def __init__(self, n_iter_no_change: int, tol: float, validating: bool):
-        self.n_iter_no_change, self.tol, self.validating = n_iter_no_change, tol, validating
+    def __init__(self, n_iter_no_change: int, tol: float, validating: bool, pilot: bool = False):
+        self.n_iter_no_change, self.tol, self.validating, self.pilot = n_iter_no_change, tol, validating, pilot
 
     def on_train_begin(self, run: Run) -> None:
         self.cap, state = len(run.epochs), run.state
         if state.decaying:  # a resumed run: it may have ended already
             run.stop = bool(state.history) and state.history[-1]["epoch"] >= state.decay_end_epoch
-        elif self._cap_forces(0):  # too short for a first phase
-            self._start_decay(run, 0, MAX_EPOCHS)
+        elif self._cap_forces(0):  # too short to run at the full rate
+            self._verdict(run, 0, MAX_EPOCHS)
 
     def on_epoch_begin(self, run: Run, epoch: int) -> None:
-        done = epoch - run.epochs.start + 1  # epochs of this call once this one ends
+        done = epoch - run.epochs.start + 1  # epochs of this run once this one ends
         state = run.state
-        last_of_phase = epoch == state.decay_end_epoch if state.decaying else self._cap_forces(done)
-        run.evaluate = last_of_phase or done % run.epochs_per_evaluation == 0
+        last = epoch == state.decay_end_epoch if state.decaying else self._cap_forces(done)
+        run.evaluate = last or done % run.epochs_per_evaluation == 0
 
     def on_epoch_end(self, run: Run, record: dict) -> None:
         self._check_finite(run, record)
@@ -83,7 +134,7 @@ class StopRule(Callback):
             self._judge(run, record["valid_loss"], epoch)
         done = epoch - run.epochs.start + 1
         if self.validating and self._exhausted(state):
-            self._start_decay(run, done, STOP_RULE)
+            self._verdict(run, done, STOP_RULE)
         elif self._cap_forces(done):
             if self.validating and state.improved_epoch is not None:  # not exhausted: it still improved
                 state.warning = (
@@ -91,10 +142,10 @@ class StopRule(Callback):
                     f"{_plural(self.n_iter_no_change, 'evaluation')} when the fit reached max_epochs={self.cap}: "
                     "raise max_epochs."
                 )
-            self._start_decay(run, done, MAX_EPOCHS)
+            self._verdict(run, done, MAX_EPOCHS)
 
     def on_train_end(self, run: Run) -> None:
-        if run.state.best_weights is not None:  # interrupted before the decay: the best weights so far
+        if run.state.best_weights is not None and not self.pilot:  # interrupted before the decay
             run.model.load_state_dict(run.state.best_weights)
 
     # ----------------------------------------------------------------- the rule
@@ -105,7 +156,8 @@ class StopRule(Callback):
             state.improved_epoch = epoch
         if loss < state.best_loss:
             state.best_loss, state.best_epoch = loss, epoch
-            state.best_weights = copy.deepcopy(run.evaluated.state_dict())
+            if not self.pilot:  # a pilot's weights are not kept
+                state.best_weights = copy.deepcopy(run.evaluated.state_dict())
 
     def _exhausted(self, state) -> bool:
         """``n_iter_no_change`` evaluations have passed since the last improvement."""
@@ -115,18 +167,25 @@ class StopRule(Callback):
         return len(since) >= self.n_iter_no_change
 
     def _cap_forces(self, done: int) -> bool:
-        """After ``done`` epochs of the first phase, one more would leave no room for its decay."""
+        """After ``done`` epochs at the full rate, one more would leave no room for what
+        follows: the decay, or after a pilot the final run (the pilot takes at most half the cap)."""
+        if self.pilot:
+            return done + 1 > self.cap // 2
         return done + 1 + decay_epochs(done + 1) > self.cap
 
-    def _start_decay(self, run: Run, done: int, verdict: str) -> None:
-        """End the first phase after ``done`` epochs of this call: train every row, decay the rate."""
+    def _verdict(self, run: Run, done: int, verdict: str) -> None:
+        """End the run's epochs at the full rate after ``done`` of them: a pilot stops, any
+        other run decays (over what the cap leaves, when the cap decided)."""
         state = run.state
-        length = self.cap - done if verdict == MAX_EPOCHS else decay_epochs(done)
         state.verdict = verdict
+        if self.pilot:
+            run.stop = True
+            return
+        length = self.cap - done if verdict == MAX_EPOCHS else decay_epochs(done)
         state.decay_start_epoch = run.epochs.start + done - 1
         state.decay_end_epoch = state.decay_start_epoch + length
         state.decay_start_step = state.steps
-        state.decay_steps = length * run.steps_per_epoch  # steps_per_epoch: of every row, now
+        state.decay_steps = length * run.steps_per_epoch  # the epochs of every row, now that it decays
         state.best_weights = None  # the decay's weights are kept
 
     @staticmethod

@@ -356,7 +356,9 @@ class Trainer:
         self.loss_fn, self.encode, self.batch_size, self.device = loss_fn, encode, batch_size, device
         self.autocast, self.seed, self.input_noise = autocast, seed, input_noise
 
-    def fit(self, model, optimizer, X, Y, *, epochs: range, split=None, validation=None, state=None, callbacks=()) -> TrainingState:
+    def fit(
+        self, model, optimizer, X, Y, *, epochs: range, rows=None, held_out=None, validation=None, state=None, callbacks=()
+    ) -> TrainingState:
         """Train ``model`` in place with mini-batches drawn from seeded permutations.
 
         Parameters
@@ -367,14 +369,16 @@ class Trainer:
             (or :class:`~cebra_halfunet.targets.DiskImages`).
         epochs : range
             Numbers of the epochs to run (continued training counts on).
-        split : ValidationSplit, optional
-            Rows held out for validation (the ``valid_loss`` of the history) and rows in
-            neither part (the gap around them): the first phase trains on the others, the
-            decay on every row (see :mod:`~cebra_halfunet.stopping`). Indexed in place,
-            never copied. None: every row trains.
+        rows : ndarray of int, optional
+            The rows trained on until the run decays (then every row: see
+            :mod:`~cebra_halfunet.stopping`). None: every row, throughout. Indexed in place,
+            never copied.
+        held_out : ndarray of int, optional
+            Rows whose loss is measured at each evaluation: the ``valid_loss`` while they are
+            not trained on (not in ``rows``, before the decay), the ``held_out_loss`` once they are.
         validation : (Tensor, Tensor), optional
-            Validation inputs and targets of their own (``X_val``, ``y_val``), in place of
-            held-out rows.
+            Validation inputs and targets of their own (``X_val``, ``y_val``): the
+            ``valid_loss`` throughout.
         state : TrainingState, optional
             State of an earlier, unfinished run of the same call (from a checkpoint): the
             run continues after its last epoch.
@@ -391,15 +395,16 @@ class Trainer:
         model.to(self.device)
         X, Y = _resident([X, Y], self.device)
         all_rows = torch.arange(len(X))
-        train_rows = all_rows if split is None else torch.from_numpy(np.flatnonzero(split.train))
-        held_out = None if split is None or not split.held_out.any() else torch.from_numpy(np.flatnonzero(split.held_out))
+        train_rows = all_rows if rows is None else torch.as_tensor(rows)
+        held_out = None if held_out is None or not len(held_out) else torch.as_tensor(held_out)
         if validation is not None:
             valid, n_valid = (*_resident(list(validation), self.device), None), len(validation[0])
         elif held_out is not None:
             valid, n_valid = (X, Y, held_out), len(held_out)
         else:
             valid, n_valid = None, None
-        probe = self._probe_rows(train_rows, n_valid)
+        others = train_rows if held_out is None else train_rows[~torch.isin(train_rows, held_out)]
+        probe = self._probe_rows(others, n_valid)  # never a held-out row: train_loss and held_out_loss compare
         per_evaluation = math.ceil(EVALUATION_STEPS / math.ceil(len(train_rows) / self.batch_size))
         run = Run(self, model, optimizer, state or TrainingState(), epochs, train_rows, all_rows, per_evaluation, model)
         _notify(callbacks, "on_train_begin", run)
@@ -418,23 +423,23 @@ class Trainer:
                     run.state.interrupted = True
                     break
                 record = {"epoch": epoch, "phase": "decay" if run.state.decaying else "stable", "batch_loss": batch_loss}
-                record.update(self._losses(run, X, Y, probe, valid, internal=validation is None))
+                trained = validation is None and (rows is None or run.state.decaying)  # the held-out rows train now
+                record.update(self._losses(run, X, Y, probe, valid, trained))
                 record["duration_s"] = time.perf_counter() - started
                 run.state.history.append(record)
                 _notify(callbacks, "on_epoch_end", run, record)
         _notify(callbacks, "on_train_end", run)
         return run.state
 
-    def _losses(self, run: Run, X, Y, probe, valid, internal: bool) -> dict:
+    def _losses(self, run: Run, X, Y, probe, valid, trained: bool) -> dict:
         """The epoch's ``train_loss``, ``valid_loss`` and ``held_out_loss`` (None when not
-        measured: between evaluations, or no such data). Held-out rows (``internal``) give
-        the ``valid_loss`` until the decay trains them, the ``held_out_loss`` then."""
+        measured: between evaluations, or no such data): the validation data give the
+        ``valid_loss`` while they are not ``trained`` on, the ``held_out_loss`` once they are."""
         losses = dict.fromkeys(("train_loss", "valid_loss", "held_out_loss"))
         if run.evaluate:
             losses["train_loss"] = self.evaluate(run.evaluated, X, Y, probe)
             if valid is not None:
-                key = "held_out_loss" if internal and run.state.decaying else "valid_loss"
-                losses[key] = self.evaluate(run.evaluated, *valid)
+                losses["held_out_loss" if trained else "valid_loss"] = self.evaluate(run.evaluated, *valid)
         return losses
 
     def _probe_rows(self, rows: torch.Tensor, n_valid: int | None) -> torch.Tensor:
