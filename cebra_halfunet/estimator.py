@@ -675,17 +675,11 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed_ + 1)
             model = self._build_module(self.target_format_, *self._output_scaling(data.training_moments), members=1)
-        callbacks = [WarmupStableDecay()] if self.lr_schedule == "warmup_stable_decay" else []
-        callbacks += [WeightAveraging(self.ema_decay)] if self.ema_decay else []
-        callbacks += [StopRule(self.n_iter_no_change, self.tol, validating=True, pilot=True)]
-        callbacks += [PrintLog("pilot: one decoder on the training frames, validated")] if self.verbose else []
         split = data.split
-        state, _, _ = self._run(
-            model, None, data, range(first_epoch, first_epoch + self.max_epochs), callbacks,
+        state, _, _ = self._run(  # the callbacks are _run's alone: it drops them after a GPU out-of-memory
+            model, None, data, range(first_epoch, first_epoch + self.max_epochs), self._pilot_callbacks(),
             rows=np.flatnonzero(split.train), held_out=np.flatnonzero(split.held_out),
         )
-        for record in state.history:
-            record["phase"] = "pilot"
         if state.interrupted:
             warnings.warn(
                 "Training was interrupted while the pilot chose its length: nothing was trained to keep, the "
@@ -713,9 +707,11 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
             self._write_checkpoint(model, optimizer.state_dict(), previous + state.history, state, data.fingerprint, pilot)
 
         scheduled = self.lr_schedule == "warmup_stable_decay" and not partial
-        callbacks = self._callbacks(data.validation is not None, scheduled, write_checkpoint)
         held_out = np.flatnonzero(data.split.held_out) if data.pilots else None
-        state, optimizer_state, model = self._run(self.module_, optimizer_state, data, epochs, callbacks, state=state, held_out=held_out)
+        state, optimizer_state, model = self._run(
+            self.module_, optimizer_state, data, epochs, self._callbacks(data.validation is not None, scheduled, write_checkpoint),
+            state=state, held_out=held_out,
+        )
         self.module_ = model
         return state, optimizer_state
 
@@ -764,13 +760,20 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
             )
         return state, state_to_cpu(optimizer.state_dict()), model
 
+    def _pilot_callbacks(self) -> list:
+        """The pilot's callbacks: the schedule (it never decays), averaging, the rule, the log."""
+        callbacks = [WarmupStableDecay()] if self.lr_schedule == "warmup_stable_decay" else []
+        callbacks += [WeightAveraging(self.ema_decay)] if self.ema_decay else []
+        callbacks += [StopRule(self.n_iter_no_change, self.tol, validating=True, pilot=True)]
+        return callbacks + ([PrintLog("pilot: one decoder on the training frames, validated")] if self.verbose else [])
+
     def _callbacks(self, validating: bool, scheduled: bool, write_checkpoint) -> list:
         """The built-in callbacks of the final run, then fresh copies of the user's."""
         callbacks = [WarmupStableDecay()] if scheduled else []
         callbacks += [WeightAveraging(self.ema_decay)] if self.ema_decay else []
         callbacks += [StopRule(self.n_iter_no_change, self.tol, validating)]
         callbacks += [Checkpoint(write_checkpoint, self.checkpoint_every)] if self.checkpoint_path is not None else []
-        callbacks += [PrintLog()] if self.verbose else []
+        callbacks += [PrintLog("decoder, validated on X_val" if validating else "decoder, every frame")] if self.verbose else []
         return callbacks + copy.deepcopy(list(self.callbacks or []))
 
     def _finish(self, data: _FitData, state: TrainingState, optimizer_state: dict, earlier_history: list, pilot, partial: bool):

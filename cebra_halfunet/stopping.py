@@ -113,6 +113,8 @@ class StopRule(Callback):
 
     def on_train_begin(self, run: Run) -> None:
         self.cap, state = len(run.epochs), run.state
+        if self.pilot:
+            run.stable_phase = "pilot"
         if state.decaying:  # a resumed run: it may have ended already
             run.stop = bool(state.history) and state.history[-1]["epoch"] >= state.decay_end_epoch
         elif self._cap_forces(0):  # too short to run at the full rate

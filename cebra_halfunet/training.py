@@ -300,6 +300,8 @@ class Run:
         Set by a callback to end the run before the next epoch.
     evaluate : bool
         Whether the losses are measured after the current epoch (set by the stop rule).
+    stable_phase : str
+        The ``phase`` of the history's records before the decay (``"pilot"`` in a pilot run).
     """
 
     trainer: Trainer
@@ -313,6 +315,7 @@ class Run:
     evaluated: nn.Module
     stop: bool = False
     evaluate: bool = True
+    stable_phase: str = "stable"
 
     @property
     def rows(self) -> torch.Tensor:
@@ -422,7 +425,7 @@ class Trainer:
                 if batch_loss is None:
                     run.state.interrupted = True
                     break
-                record = {"epoch": epoch, "phase": "decay" if run.state.decaying else "stable", "batch_loss": batch_loss}
+                record = {"epoch": epoch, "phase": "decay" if run.state.decaying else run.stable_phase, "batch_loss": batch_loss}
                 trained = validation is None and (rows is None or run.state.decaying)  # the held-out rows train now
                 record.update(self._losses(run, X, Y, probe, valid, trained))
                 record["duration_s"] = time.perf_counter() - started

@@ -23,13 +23,14 @@ def test_resumed_fit_equals_the_uninterrupted_run(data, tmp_path, monkeypatch, e
     reference = HalfUNetRegressor(**FAST).fit(z, images)
     path = tmp_path / "run.safetensors"
     with monkeypatch.context() as patch:
-        at_training_batch(patch, 14, crash)  # in epoch 4, the last phase
+        # the pilot: 3 epochs of 4 batches (51 rows); the decoder: 3 + 1 epochs of 4 batches (60 rows)
+        at_training_batch(patch, 12 + 3 * 4 + 2, crash)  # in the decay, its second batch
         with pytest.raises(RuntimeError, match="simulated crash"):
             HalfUNetRegressor(**FAST, checkpoint_path=path, checkpoint_every=every).fit(z, images)
     saved = HalfUNetRegressor.load(path)
-    assert saved.n_epochs_ == {1: 3, 2: 2}[every]  # the rule fired after epoch 3: the crash was in the decay
+    assert saved.n_epochs_ == {1: 6, 2: 5}[every]  # checkpoints of the decoder's run, not of the pilot's
     resumed = HalfUNetRegressor(**FAST, checkpoint_path=str(path), checkpoint_every=every, verbose=1).fit(z, images)
-    assert [r["phase"] for r in reference.history_] == ["stable"] * 3 + ["decay"]
+    assert [r["phase"] for r in reference.history_] == ["pilot"] * 3 + ["stable"] * 3 + ["decay"]
     for name in ("epoch", "phase", "train_loss", "valid_loss", "held_out_loss"):
         assert [r[name] for r in resumed.history_] == [r[name] for r in reference.history_]
     assert resumed.best_epoch_ == reference.best_epoch_

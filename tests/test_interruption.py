@@ -14,8 +14,8 @@ from cebra_halfunet.callbacks import Callback
 
 from .conftest import at_training_batch
 
-# 51 training samples (6 validation, 3 in the gap): 4 batches/epoch; a constant rate, so that
-# the first epochs of a longer fit are those of a shorter one
+# 60 training samples: 4 batches/epoch; a constant rate, so that the first epochs of a longer fit
+# are those of a shorter one
 FAST = dict(latent_dim=16, max_epochs=5, batch_size=16, random_state=0, lr_schedule="constant")
 
 
@@ -36,12 +36,13 @@ def test_ctrl_c_keeps_the_best_weights_warns_and_reraises(data, monkeypatch, int
         def on_epoch_end(self, run, record):
             snapshots[record["epoch"]] = copy.deepcopy(run.evaluated.state_dict())
 
-    reference = HalfUNetRegressor(**FAST, callbacks=[Snapshot()]).fit(z, images)  # epochs 1-2 as in the interrupted fit
+    validation = dict(X_val=z[:7] + 0.1, y_val=images[:7])  # validated on X_val: one run, every row trains
+    reference = HalfUNetRegressor(**FAST, callbacks=[Snapshot()]).fit(z, images, **validation)  # epochs 1-2 as interrupted
     handler = signal.getsignal(signal.SIGINT)
     batches = at_training_batch(monkeypatch, 10, interrupt)  # epoch 3, batch 2
     model = HalfUNetRegressor(**FAST)
     with pytest.raises(KeyboardInterrupt), pytest.warns(RuntimeWarning, match="interrupted after 2 complete epoch") as caught:
-        model.fit(z, images)
+        model.fit(z, images, **validation)
     assert not any(issubclass(w.category, ConvergenceWarning) for w in caught)  # stopped before the cap
     assert len(batches) == 10  # stopped after the batch in progress
     assert signal.getsignal(signal.SIGINT) is handler

@@ -49,27 +49,28 @@ def scripted(monkeypatch, losses):
 
 # --------------------------------------------------------- every row trains
 @pytest.mark.parametrize("ensemble_size", [1, 3])
-def test_the_rule_chooses_the_length_and_the_last_phase_trains_every_row(monkeypatch, ensemble_size):
+def test_a_pilot_chooses_the_length_and_the_decoder_trains_every_frame_that_long(monkeypatch, ensemble_size):
     z, images = make_images(60)
     batches = trained_batches(monkeypatch)
     model = regressor(ensemble_size=ensemble_size, max_epochs=40, n_iter_no_change=2, lr=1e-2).fit(z, images)
-    stable = [r for r in model.history_ if r["phase"] == "stable"]
-    decay = [r for r in model.history_ if r["phase"] == "decay"]
-    assert model.stop_reason_ == STOP_RULE and len(decay) == decay_epochs(len(stable)) and model.n_epochs_ < 40
-    assert [r["phase"] for r in model.history_] == ["stable"] * len(stable) + ["decay"] * len(decay)
-    # the first phase never sees a held-out or gap row; the last one trains every row, every epoch
+    phases = [r["phase"] for r in model.history_]
+    pilot, length = phases.count("pilot"), model.best_epoch_
+    assert model.stop_reason_ == STOP_RULE and 1 <= length <= pilot - 2  # the rule fired 2 evaluations after the best
+    assert phases == ["pilot"] * pilot + ["stable"] * length + ["decay"] * decay_epochs(length)
+    # the pilot never trains a held-out or gap row; the decoder trains every row in every epoch
     train = ~(model.validation_mask_ | model.excluded_mask_)
-    first = math.ceil(train.sum() / 16) * len(stable)
-    assert train[np.concatenate(batches[:first])].all()
-    last = batches[first:]
-    assert len(last) == math.ceil(60 / 16) * len(decay)
-    for epoch in range(len(decay)):
-        rows = np.concatenate(last[epoch * 4 : (epoch + 1) * 4])
-        assert np.array_equal(np.sort(rows), np.arange(60))
-    # validation losses while held out; their loss as trained rows once the decay trains them
-    assert all(r["valid_loss"] is not None and r["held_out_loss"] is None for r in stable)
-    assert all(r["valid_loss"] is None for r in decay) and decay[-1]["held_out_loss"] is not None
-    assert model.best_epoch_ == min(stable, key=lambda r: r["valid_loss"])["epoch"]
+    pilot_batches = math.ceil(train.sum() / 16) * pilot
+    assert train[np.concatenate(batches[:pilot_batches])].all()
+    final = batches[pilot_batches:]
+    assert len(final) == 4 * (length + decay_epochs(length))  # 60 rows: 4 batches an epoch
+    for epoch in range(0, len(final), 4):
+        assert np.array_equal(np.sort(np.concatenate(final[epoch : epoch + 4])), np.arange(60))
+    # validated while held out (the pilot); their loss as trained rows in the final run, as low as the others'
+    records = model.history_
+    assert all(r["valid_loss"] is not None and r["held_out_loss"] is None for r in records[:pilot])
+    assert all(r["valid_loss"] is None for r in records[pilot:]) and records[-1]["held_out_loss"] is not None
+    assert model.best_epoch_ == min(records[:pilot], key=lambda r: r["valid_loss"])["epoch"]
+    assert records[-1]["held_out_loss"] < 1.3 * records[-1]["train_loss"]
 
 
 def test_without_early_stopping_every_row_trains_max_epochs_and_the_last_quarter_decays():
@@ -81,12 +82,49 @@ def test_without_early_stopping_every_row_trains_max_epochs_and_the_last_quarter
 
 
 @pytest.mark.parametrize("max_epochs, phases", [(1, "d"), (2, "sd"), (3, "ssd"), (5, "ssssd"), (6, "ssssdd"), (8, "ssssssdd")])
-def test_the_cap_leaves_room_for_the_decay(max_epochs, phases):
-    """One more epoch of the first phase must leave room for a decay of a quarter of it."""
+def test_a_run_of_fixed_length_leaves_room_for_its_decay(max_epochs, phases):
+    """One more epoch at the full rate must leave room for a decay of a quarter of them."""
     z, images = make_images(60)
-    model = regressor(max_epochs=max_epochs, n_iter_no_change=100).fit(z, images)
+    model = regressor(max_epochs=max_epochs, early_stopping=False).fit(z, images)
     assert "".join(r["phase"][0] for r in model.history_) == phases
     assert model.n_epochs_ == max_epochs and model.stop_reason_ == MAX_EPOCHS
+
+
+def scripted_pilot(monkeypatch, losses):
+    """Make the pilot's ``n``-th validation loss ``losses[n]`` (the held-out rows of 60 distinct
+    frames; later measurements of those rows, the final run's, as measured)."""
+    from cebra_halfunet.splits import frame_validation_split
+
+    held_out = np.flatnonzero(frame_validation_split(np.arange(60), 0.1).held_out)
+    original, script = Trainer.evaluate, iter(losses)
+
+    def evaluate(self, model, X, Y, rows=None):
+        if rows is not None and np.array_equal(np.asarray(rows), held_out):
+            return next(script, original(self, model, X, Y, rows))
+        return original(self, model, X, Y, rows)
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+
+
+@pytest.mark.parametrize(
+    "losses, pilot, reason, best, warns",
+    [
+        ([8, 7, 6, 5, 4, 3, 2, 1], 8, MAX_EPOCHS, 8, True),  # improving to the pilot's cap (half of 16)
+        ([8, 7, 6, 5, 5, 5, 9, 9], 6, STOP_RULE, 4, False),
+        ([1, 2, 3, 9, 9, 9, 9, 9], 3, STOP_RULE, 1, False),
+        ([4, 3, 2, 1.99, 1.985, 9, 9, 9], 5, STOP_RULE, 5, False),  # better by less than tol (1%): not improvements
+    ],
+)
+def test_the_pilot_ends_by_its_rule_or_half_the_cap_and_warns_exactly_when_still_improving(monkeypatch, losses, pilot, reason, best, warns):
+    z, images = make_images(60)
+    scripted_pilot(monkeypatch, losses)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = regressor(max_epochs=16, n_iter_no_change=2, tol=0.01).fit(z, images)
+    phases = [r["phase"] for r in model.history_]
+    assert phases.count("pilot") == pilot and model.stop_reason_ == reason and model.best_epoch_ == best
+    assert len(phases) - pilot == min(best + decay_epochs(best), 16 - pilot)  # the final run, in what is left
+    assert sum(issubclass(w.category, ConvergenceWarning) for w in caught) == int(warns)
 
 
 # ------------------------------------------ the rule's verdict and its warning
@@ -101,7 +139,7 @@ def test_the_cap_leaves_room_for_the_decay(max_epochs, phases):
         ([4, 3, 2, 1.99, 1.985, 9, 9, 9], 7, STOP_RULE, 5, False),  # better by less than tol (1%): not improvements
     ],
 )
-def test_convergence_warning_fires_exactly_when_the_cap_ends_a_fit_still_improving(monkeypatch, losses, n_epochs, reason, best, warns):
+def test_with_x_val_one_run_decays_once_the_rule_fires_and_warns_exactly_when_still_improving(monkeypatch, losses, n_epochs, reason, best, warns):
     z, images = make_images(20)
     scripted(monkeypatch, losses)
     with warnings.catch_warnings(record=True) as caught:
@@ -129,12 +167,12 @@ def test_short_epochs_are_evaluated_every_so_many_steps(default_evaluation_perio
 
     z, images = make_images(60)  # 51 training rows: 4 batches of 16 an epoch
     period = math.ceil(EVALUATION_STEPS / 4)
-    model = regressor(max_epochs=10 * period, n_iter_no_change=1).fit(z, images)
-    evaluated = [r["epoch"] for r in model.history_ if r["train_loss"] is not None]
-    stable = [r["epoch"] for r in model.history_ if r["phase"] == "stable"]
-    assert period > 1 and evaluated[: len(stable) // period] == list(range(period, len(stable) + 1, period))
-    assert len(stable) % period == 0 and len(stable) >= 2 * period  # the rule waited for two evaluations
-    assert evaluated[-1] == model.n_epochs_  # the fit's last epoch is always measured
+    model = regressor(max_epochs=20 * period, n_iter_no_change=1).fit(z, images)
+    pilot = [r for r in model.history_ if r["phase"] == "pilot"]
+    evaluated = [r["epoch"] for r in pilot if r["valid_loss"] is not None]
+    assert period > 1 and evaluated == list(range(period, len(pilot) + 1, period))
+    assert len(pilot) >= 2 * period and model.best_epoch_ in evaluated  # the rule waited for two evaluations
+    assert model.history_[-1]["train_loss"] is not None  # the fit's last epoch is always measured
 
 
 def test_a_diverging_fit_stops_with_a_clear_error():
@@ -189,11 +227,20 @@ def raise_keyboard_interrupt():
     raise KeyboardInterrupt
 
 
-def test_ctrl_c_in_the_last_phase_keeps_its_weights(monkeypatch):
-    z, images = make_images(60)  # 4 batches an epoch in both phases (51 rows, then 60)
-    batches = at_training_batch(monkeypatch, 4 * 4 + 4 + 2, raise_keyboard_interrupt)
-    model = regressor(max_epochs=6, n_iter_no_change=100)  # phases ssssdd: batch 2 of the last epoch
+def test_ctrl_c_in_the_decay_keeps_its_weights(monkeypatch):
+    z, images = make_images(60)  # 4 batches an epoch
+    batches = at_training_batch(monkeypatch, 5 * 4 + 2, raise_keyboard_interrupt)
+    model = regressor(max_epochs=6, early_stopping=False)  # phases ssssdd: batch 2 of the last epoch
     with pytest.raises(KeyboardInterrupt), pytest.warns(RuntimeWarning, match="keeps its last weights"):
         model.fit(z, images)
     assert len(batches) == 22 and model.stop_reason_ == "interrupted"
     assert [r["phase"] for r in model.history_] == ["stable"] * 4 + ["decay"]
+
+
+def test_ctrl_c_in_the_pilot_leaves_the_estimator_as_it_was(monkeypatch):
+    z, images = make_images(60)
+    at_training_batch(monkeypatch, 6, raise_keyboard_interrupt)  # in the pilot's second epoch
+    model = regressor(max_epochs=40)
+    with pytest.raises(KeyboardInterrupt), pytest.warns(RuntimeWarning, match="while the pilot chose its length"):
+        model.fit(z, images)
+    assert not any(name.endswith("_") for name in vars(model))
