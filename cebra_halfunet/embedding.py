@@ -1,9 +1,10 @@
 """``CEBRAEmbedding``: the Pipeline step that puts ``cebra.CEBRA`` in front of the decoder.
 
 In ``make_pipeline(cebra.CEBRA(...), HalfUNetRegressor(...))`` scikit-learn hands the
-frames ``y`` to CEBRA too. CEBRA refuses 4-d labels and, given flattened frames, trains
-behaviour-contrastive on a label of C*H*W dimensions: 25-50x slower per iteration at
-128x256, and not the label a user means. ``CEBRAEmbedding`` wraps the CEBRA model and
+frames ``y`` to CEBRA too. CEBRA refuses labels of more than 2 dimensions (and flat uint8
+frames, as discrete labels of the wrong shape) and, given flat float frames, trains
+behaviour-contrastive on a label of C*H*W dimensions: 8.3x slower per iteration than a compact
+label at 64x128, 15.8x at 128x256 (``benchmarks/cebra_labels.py``), and not the label a user means. ``CEBRAEmbedding`` wraps the CEBRA model and
 chooses its label: a compact PCA of the frames (the analogue of the image features used
 as labels in the CEBRA paper), time alone, or ``y`` as given. The decoder after it still
 receives the full frames.
