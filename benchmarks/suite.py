@@ -10,9 +10,10 @@ the decoders train on the training frames of repeats 1-9 and are tested on the t
 of repeat 10, frames shown in no training repeat (``make_natural_movie_v1``'s split: 4 test
 stretches, 15 frames of gap around each). Every decoder of a condition gets the same embeddings.
 
-- **(a) low**: the repeats benchmark (``benchmarks/repeats.py``): 600 frames at 64x128, 800
-  simulated V1 neurons, CEBRA (the demo's model: offset10, 32-d, temperature 0.3, PCA label,
-  2,000 iterations, ``random_state=0``) fitted on the training responses.
+- **(a) low**: the repeats benchmark of issue 22 (``benchmarks/repeats.py``, which this suite
+  replaced): 600 frames at 64x128, 800 simulated V1 neurons, CEBRA (the demo's model: offset10,
+  32-d, temperature 0.3, PCA label, 2,000 iterations, ``random_state=0``) fitted on the
+  training responses.
 - **(b) middle**: 670 frames (402 training frames, 3,618 training samples) at 64x128, 3,000
   neurons, the same CEBRA recipe.
 - **(c) high**: the frames of (b), embedded by the first 32 principal components of the training
