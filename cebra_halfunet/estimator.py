@@ -149,21 +149,22 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
     batch_size : int, default 64
         Mini-batch size for training; prediction uses the same size.
     max_epochs : int, default 60
-        A cap on the epochs of one ``fit``, its last phase on every sample included
+        A cap on the epochs of one ``fit``, the pilot's and the decoder's together
         (``partial_fit`` runs one epoch). The stop rule decides the length, not this: no
-        default fit of the benchmark suite reached it (``benchmarks/RESULTS.md``). A fit
-        that reaches it while the validation loss still improves warns. With
-        ``early_stopping=False`` a fit runs exactly ``max_epochs`` epochs.
+        default fit of the benchmark suite reached it (``benchmarks/RESULTS.md``). The pilot
+        runs at most half of it; one that reaches that while its validation loss still
+        improves warns. With ``early_stopping=False`` a fit runs exactly ``max_epochs`` epochs.
     lr_schedule : {"warmup_stable_decay", "constant"}, default "warmup_stable_decay"
         ``"warmup_stable_decay"`` (:func:`~cebra_halfunet.schedules.warmup_stable_decay`):
-        in each ``fit``, a linear warm-up over the first evaluation period (an epoch, or
-        more when an epoch has fewer than 32 batches), then ``lr`` until the stop rule
-        fires, then a half cosine down to 0 over the last phase (see ``early_stopping``).
-        A function of the step: seeded runs repeat it and a run resumed from a checkpoint
-        continues it exactly. ``fit`` with ``warm_start=True`` starts a new schedule
-        (warm-up included; the optimizer's moments are kept); ``partial_fit`` trains at
-        the constant rate ``lr`` (the number of calls is unknown). ``"constant"``: ``lr``
-        throughout (the phases stay). Files saved with ``"warmup_cosine"`` load with this.
+        in each run, a linear warm-up over the first evaluation period (an epoch, or more
+        when an epoch has fewer than 32 batches), then ``lr`` for as long as the run's length
+        asks (see ``early_stopping``), then a half cosine down to 0 over its decay (a quarter
+        of the epochs before it). A function of the step: seeded runs repeat it and a run
+        resumed from a checkpoint continues it exactly. ``fit`` with ``warm_start=True``
+        starts a new schedule (warm-up included; the optimizer's moments are kept);
+        ``partial_fit`` trains at the constant rate ``lr`` (the number of calls is unknown).
+        ``"constant"``: ``lr`` throughout (the lengths stay). Files saved with
+        ``"warmup_cosine"`` load with this.
     weight_decay : float, default 1e-4
         AdamW's decoupled weight decay.
     embedding_noise : float, default 0.1
@@ -193,20 +194,23 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
         is stretches of consecutive samples with a 3-sample gap on each side. If the frames
         cannot give both parts, a share of the samples is held out instead, with a
         ``UserWarning`` (the validation loss then rewards memorising); so does a split that
-        leaves more than a third of the samples out. The held-out frames are trained on
-        too, in the fit's last phase (see ``early_stopping``).
+        leaves more than a third of the samples out. Only the pilot holds them out: the
+        decoder trains on every sample (see ``early_stopping``).
     early_stopping : bool, default True
         Let the held-out frames (or ``X_val``) decide how long to train
-        (:mod:`~cebra_halfunet.stopping`). First phase: train on the other samples,
-        validating after every evaluation period (an epoch, or more when an epoch has
-        fewer than 32 batches), until the stop rule fires: ``n_iter_no_change`` evaluations
-        without a validation loss below ``(1 - tol)`` times the best. Last phase: a quarter
-        as many epochs (at least one) on *every* sample, held-out frames and gaps included,
-        while the rate decays to 0; its weights are kept. ``False``: every sample trains for
+        (:mod:`~cebra_halfunet.stopping`). A pilot, one decoder, trains on the other
+        samples, validated after every evaluation period (an epoch, or more when an epoch
+        has fewer than 32 batches), until the stop rule fires: ``n_iter_no_change``
+        evaluations without a validation loss below ``(1 - tol)`` times the best. Its best
+        epoch is the length: the decoder then trains on *every* sample, held-out frames and
+        gaps included, for that many epochs at the rate ``lr`` and a quarter as many more (at
+        least one) while the rate decays to 0; its weights at the end are kept. With ``X_val``
+        there is no pilot: one run on all of ``X``, validated on ``X_val``, decays once the
+        rule fires. ``False`` (and a warm start without ``X_val``): every sample trains for
         exactly ``max_epochs`` epochs, the last quarter of them decaying.
     n_iter_no_change : int, default 2
-        Evaluations without improvement before the stop rule ends the first phase
-        (``patience`` in decoder files of earlier versions).
+        Evaluations without improvement before the stop rule fires (``patience`` in decoder
+        files of earlier versions).
     tol : float, default 0.01
         Relative improvement of the validation loss that counts as one: an evaluation improves
         when its loss is below ``(1 - tol)`` times the best so far (relative, unlike
@@ -249,10 +253,11 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
         saved before this parameter load with ``False``, and predict as they did.
     callbacks : list of Callback or None, default None
         Your own :class:`~cebra_halfunet.callbacks.Callback` objects (e.g. an
-        :class:`~cebra_halfunet.callbacks.LRScheduler`), run after the built-in ones
-        (weight averaging, early stopping, checkpoints, progress bar). Each fit uses fresh
-        copies: the objects you pass are not changed, and the estimator stays clonable.
-        Not stored in decoder files.
+        :class:`~cebra_halfunet.callbacks.LRScheduler`, with ``lr_schedule="constant"``),
+        run after the built-in ones (schedule, weight averaging, stop rule, checkpoints, log)
+        in the decoder's training (not in the pilot's). Each fit uses fresh copies: the
+        objects you pass are not changed, and the estimator stays clonable. Not stored in
+        decoder files.
 
     Attributes
     ----------
@@ -267,35 +272,36 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
         Span of the target values (255 for uint8, 1 for images in [0, 1]); used by
         the SSIM loss and the image scorers.
     history_ : list of dict
-        Per epoch: ``epoch``; ``phase``, ``"stable"`` (the first phase, validated) or
-        ``"decay"`` (the last, on every sample); ``batch_loss``, the mean of the epoch's
-        batch losses (for an ensemble, the mean of the members' losses). At the end of each
-        evaluation period (else None), measured alike, with the weights that are kept (the
-        average when averaging), in eval mode, without embedding noise, for an ensemble the
-        loss of the members' mean: ``train_loss`` on a fixed subset of the training rows as
-        large as the validation set; ``valid_loss`` on the validation data while they are
-        not trained on (held-out frames in the first phase, ``X_val`` throughout);
-        ``held_out_loss`` on the held-out frames once the last phase trains them.
+        Per epoch, the pilot's then the decoder's: ``epoch``; ``phase``, ``"pilot"``,
+        ``"stable"`` (the decoder at the rate ``lr``) or ``"decay"``; ``batch_loss``, the mean
+        of the epoch's batch losses (for an ensemble, the mean of the members' losses). At the
+        end of each evaluation period (else None), measured alike, with the weights that are
+        kept (the average when averaging), in eval mode, without embedding noise, for an
+        ensemble the loss of the members' mean: ``train_loss`` on a fixed subset of the rows
+        that are not held out, as large as the validation set; ``valid_loss`` on validation
+        data not trained on (the held-out frames in the pilot, ``X_val`` throughout);
+        ``held_out_loss`` on the held-out frames in the decoder's training, which trains them.
         ``duration_s``.
     n_epochs_ : int
-        Epochs trained in all calls together (both phases).
+        Epochs trained in all calls together (the pilot's included).
     best_epoch_ : int or None
-        Epoch of the lowest validation loss in the first phase: the length the stop rule
-        chose (it fired ``n_iter_no_change`` evaluations later). The weights kept are those
-        at the end of the last phase, not this epoch's.
+        The pilot's epoch of the lowest validation loss: the length the decoder trained for
+        at the rate ``lr`` (with ``X_val``, the run's best epoch). The weights kept are those
+        at the end of the decoder's training, not this epoch's.
     stop_reason_ : str or None
-        What ended the last ``fit``'s first phase: ``"stop rule"``, ``"max_epochs"`` (the
-        cap; a ``ConvergenceWarning`` if the rule saw an improvement above ``tol`` in its
-        last ``n_iter_no_change`` evaluations; always without validation), or
-        ``"interrupted"`` (Ctrl-C) (:mod:`~cebra_halfunet.stopping`); None after ``partial_fit``.
+        What ended the pilot (or, with ``X_val``, the run's epochs at the rate ``lr``):
+        ``"stop rule"``, ``"max_epochs"`` (the cap; a ``ConvergenceWarning`` if the rule saw an
+        improvement above ``tol`` in its last ``n_iter_no_change`` evaluations; always without
+        validation), or ``"interrupted"`` (Ctrl-C) (:mod:`~cebra_halfunet.stopping`); None
+        after ``partial_fit``.
     validation_mask_ : ndarray, bool ``(N,)``
-        Samples of the last ``fit``'s ``X`` held out for validation in the first phase
-        (all False with ``X_val``, without early stopping and after ``partial_fit``); the
-        last phase trains them too. Not in decoder files.
+        Samples of the last ``fit``'s ``X`` that the pilot held out for validation (all False
+        with ``X_val``, without early stopping and after ``partial_fit``); the decoder trained
+        them too. Not in decoder files.
     excluded_mask_ : ndarray, bool ``(N,)``
-        Samples in the gap around the validation frames: not trained on in the first
-        phase (so that no near copy of a validation frame is), trained on in the last.
-        Not in decoder files.
+        Samples in the gap around the validation frames: the pilot trained neither on them
+        (so that no near copy of a validation frame is) nor validated on them; the decoder
+        trained them. Not in decoder files.
     validation_reason_ : str
         How the validation data were chosen, in words.
     precision_ : str
@@ -309,9 +315,10 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
 
     Notes
     -----
-    Ctrl-C during ``fit`` stops after the batch in progress: the estimator keeps the best
-    weights so far in the first phase (the last ones in the last phase or without early
-    stopping) and the history of the completed epochs, warns, and re-raises ``KeyboardInterrupt``; ``partial_fit`` or
+    Ctrl-C during ``fit`` stops after the batch in progress. In the pilot nothing was trained
+    to keep: the estimator is left as it was, with a warning. In the decoder's training it
+    keeps the weights so far (with ``X_val``, before the decay: those of the best epoch) and
+    the history of the completed epochs, warns, and re-raises ``KeyboardInterrupt``; ``partial_fit`` or
     ``fit`` with ``warm_start=True`` continues from there.
 
     ``score`` is R² pooled over all pixels (see :func:`cebra_halfunet.metrics.pooled_r2`):
