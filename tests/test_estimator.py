@@ -357,8 +357,9 @@ def test_missing_cuda_falls_back_to_cpu_for_predict(data, monkeypatch):
     model = regressor().fit(z, images)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     model.set_params(device="cuda")
-    with pytest.warns(RuntimeWarning, match="CPU instead"):
+    with pytest.warns(RuntimeWarning, match="CPU instead") as caught:
         assert model.predict(z).shape == images.shape
+    assert len(caught) == 1  # one call, one warning (not one per setting resolved)
 
 
 def test_embedding_noise_is_seeded_and_regularises(data):
