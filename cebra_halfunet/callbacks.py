@@ -105,10 +105,11 @@ class Checkpoint(Callback):
 class PrintLog(Callback):
     """One line per epoch, as skorch's ``PrintLog`` prints it, above a progress bar of the
     epoch's batches: the epoch, its phase, the mean batch loss, and at evaluations the
-    training and validation losses (``*`` marks a new best) or, in the last phase, the loss of
-    the held-out frames now trained on; the learning rate at the epoch's end; its seconds."""
+    training and validation losses and the validation SSIM (``*`` marks a new best, on what the
+    stop rule judges) or, in the decoder's training after a pilot, the loss of the held-out
+    frames now trained on; the learning rate at the epoch's end; its seconds."""
 
-    COLUMNS = ("epoch", "phase", "batch_loss", "train_loss", "valid_loss", "held_out", "lr", "dur")
+    COLUMNS = ("epoch", "phase", "batch_loss", "train_loss", "valid_loss", "valid_ssim", "held_out", "lr", "dur")
 
     def __init__(self, title: str = ""):
         self.title = title
@@ -128,10 +129,11 @@ class PrintLog(Callback):
         self.bar.update()
 
     def on_epoch_end(self, run: Run, record: dict) -> None:
-        best = record["valid_loss"] is not None and run.state.best_epoch == record["epoch"]
+        mark = "*" if run.state.best_epoch == record["epoch"] else " "  # the best epoch, by the stop rule's judgement
+        score = record.get("valid_score")
         cells = [
             f"{record['epoch']:>11}", f"{record['phase']:>11}", _cell(record["batch_loss"]), _cell(record["train_loss"]),
-            _cell(record["valid_loss"], "*" if best else " "), _cell(record["held_out_loss"]),
+            _cell(record["valid_loss"], mark if score is None else " "), _cell(score, mark), _cell(record["held_out_loss"]),
             f"{run.optimizer.param_groups[0]['lr']:>11.2e}", f"{record['duration_s']:>10.1f}s",
         ]
         tqdm.write(" ".join(cells))

@@ -26,7 +26,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ._cebra_pickling import register_cebra_pickling
 from ._checks import check_numbers, check_output_shape
 from .callbacks import Callback, Checkpoint, PrintLog, WarmupStableDecay, WeightAveraging
-from .losses import LOSS_NAMES, make_loss, per_member
+from .losses import LOSS_NAMES, make_loss, per_member, ssim
 from .metrics import check_finite_images, pooled_r2
 from .networks import LARGE_LATENT_DIM, DecoderEnsemble, HalfUNetDecoder, ImageOutput
 from .persistence import exclusive
@@ -211,9 +211,17 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
     n_iter_no_change : int, default 2
         Evaluations without improvement before the stop rule fires (``patience`` in decoder
         files of earlier versions).
+    scoring : {"ssim", "loss"}, default "ssim"
+        What the stop rule judges on the validation data: their SSIM (the mean over frames,
+        as :func:`~cebra_halfunet.metrics.structural_similarity` computes it; for ``"bce"`` on
+        the probabilities), or the training loss. On repeated stimuli the loss (L1) kept
+        falling by fractions of a percent while held-out SSIM, PSNR and pixel correlation
+        fell after their best epoch (``benchmarks/RESULTS.md``, "Suite"): the score of images
+        says when their quality stops improving. Decoder files of earlier versions load with
+        ``"loss"``.
     tol : float, default 0.01
-        Relative improvement of the validation loss that counts as one: an evaluation improves
-        when its loss is below ``(1 - tol)`` times the best so far (relative, unlike
+        Relative improvement that counts as one: an evaluation improves when its SSIM is above
+        ``(1 + tol)`` times the best so far (its loss below ``(1 - tol)`` times the best; relative, unlike
         scikit-learn's ``tol``, because losses of images differ in scale by orders of
         magnitude between losses and targets).
     device : str, default "auto"
@@ -348,6 +356,7 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "early_stopping": ["boolean"],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "scoring": [StrOptions({"ssim", "loss"})],
         "tol": [Interval(Real, 0, 1, closed="left")],
         "device": [str, torch.device],
         "random_state": ["random_state"],
@@ -381,6 +390,7 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
         validation_fraction=0.1,
         early_stopping=True,
         n_iter_no_change=2,
+        scoring="ssim",
         tol=0.01,
         device="auto",
         random_state=None,
@@ -411,6 +421,7 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
         self.validation_fraction = validation_fraction
         self.early_stopping = early_stopping
         self.n_iter_no_change = n_iter_no_change
+        self.scoring = scoring
         self.tol = tol
         self.device = device
         self.random_state = random_state
@@ -771,14 +782,14 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
         """The pilot's callbacks: the schedule (it never decays), averaging, the rule, the log."""
         callbacks = [WarmupStableDecay()] if self.lr_schedule == "warmup_stable_decay" else []
         callbacks += [WeightAveraging(self.ema_decay)] if self.ema_decay else []
-        callbacks += [StopRule(self.n_iter_no_change, self.tol, validating=True, pilot=True)]
+        callbacks += [StopRule(self.n_iter_no_change, self.tol, validating=True, pilot=True, scoring=self._rule_scoring())]
         return callbacks + ([PrintLog("pilot: one decoder on the training frames, validated")] if self.verbose else [])
 
     def _callbacks(self, validating: bool, scheduled: bool, write_checkpoint) -> list:
         """The built-in callbacks of the final run, then fresh copies of the user's."""
         callbacks = [WarmupStableDecay()] if scheduled else []
         callbacks += [WeightAveraging(self.ema_decay)] if self.ema_decay else []
-        callbacks += [StopRule(self.n_iter_no_change, self.tol, validating)]
+        callbacks += [StopRule(self.n_iter_no_change, self.tol, validating, scoring=self._rule_scoring())]
         callbacks += [Checkpoint(write_checkpoint, self.checkpoint_every)] if self.checkpoint_path is not None else []
         callbacks += [PrintLog("decoder, validated on X_val" if validating else "decoder, every frame")] if self.verbose else []
         return callbacks + copy.deepcopy(list(self.callbacks or []))
@@ -855,10 +866,23 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
         return mean, std or 1.0
 
     def _trainer(self, device: torch.device, input_noise: torch.Tensor | None = None) -> Trainer:
-        """The trainer for this decoder's loss, targets and settings on ``device``."""
+        """The trainer for this decoder's loss, targets, validation score and settings on ``device``."""
         autocast = torch.bfloat16 if self._resolved_precision(device)[0] == "bfloat16" else None
         encode = self.target_format_.encode_batch
-        return Trainer(self._training_loss(), encode, self.batch_size, device, autocast, self.seed_, input_noise)
+        return Trainer(
+            self._training_loss(), encode, self.batch_size, device, autocast, self.seed_, input_noise, self._validation_score()
+        )
+
+    def _rule_scoring(self) -> str:
+        return "score" if self.scoring == "ssim" else "loss"
+
+    def _validation_score(self):
+        """SSIM of predictions (probabilities for ``"bce"``) against targets, in network units, or None."""
+        if self.scoring != "ssim":
+            return None
+        activation = torch.sigmoid if self.loss == "bce" else (lambda t: t)
+        data_range = self.data_range_ * self.target_format_.value_scale
+        return lambda prediction, target: ssim(activation(prediction), target, data_range)
 
     def _memory_format(self, device: torch.device) -> torch.memory_format:
         return torch.channels_last if self._resolved_precision(device)[1] else torch.contiguous_format

@@ -35,18 +35,18 @@ FITTED = ("data_range_", "seed_", "n_features_in_", "history_", "n_epochs_", "be
 #: decoders (and continues training them as they were trained).
 EARLIER_DEFAULTS = {
     "ensemble_size": 1, "body": "auto", "target_layout": "channels_first", "clip_predictions": False,
-    "lr_schedule": "constant", "tol": 0.0, "precision": "float32", "channels_last": False,
+    "lr_schedule": "constant", "tol": 0.0, "precision": "float32", "channels_last": False, "scoring": "loss",
 }
 #: Parameters renamed since, by their earlier name, and values renamed since.
 RENAMED = {"patience": "n_iter_no_change"}
 RENAMED_VALUES = {("lr_schedule", "warmup_cosine"): "warmup_stable_decay"}
 #: The training state a checkpoint carries besides the weights (see TrainingState).
 STATE_FIELDS = (
-    "best_loss", "improved_epoch", "average_steps", "steps", "verdict", "warning",
+    "best_value", "improved_epoch", "average_steps", "steps", "verdict", "warning",
     "decay_start_epoch", "decay_end_epoch", "decay_start_step", "decay_steps",
 )
-PILOT_FIELDS = ("history", "best_epoch", "best_loss", "verdict", "warning")
-_HISTORY_KEYS = {"epoch", "phase", "batch_loss", "train_loss", "valid_loss", "held_out_loss", "duration_s"}
+PILOT_FIELDS = ("history", "best_epoch", "best_value", "verdict", "warning")
+_HISTORY_KEYS = {"epoch", "phase", "batch_loss", "train_loss", "valid_loss", "valid_score", "held_out_loss", "duration_s"}
 _TORCH_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16"}
 
 
@@ -332,7 +332,7 @@ def _check_param_groups(groups, n_parameters: int) -> None:
 def _checked_training(training: dict, path) -> dict:
     """A checkpoint's training state (:data:`STATE_FIELDS`), each value of its type."""
     values = {name: training.get(name) for name in STATE_FIELDS}
-    numbers_ok = (values["best_loss"] == math.inf or _is_number(values["best_loss"])) and _is_int(values["average_steps"], 0)
+    numbers_ok = (values["best_value"] == math.inf or _is_number(values["best_value"])) and _is_int(values["average_steps"], 0)
     numbers_ok &= _is_int(values["steps"], 0) and values["verdict"] in (None, STOP_RULE, MAX_EPOCHS)
     numbers_ok &= all(values[name] is None or _is_int(values[name], 0) for name in STATE_FIELDS if name.startswith("decay_"))
     numbers_ok &= values["improved_epoch"] is None or _is_int(values["improved_epoch"], 1)
@@ -347,7 +347,7 @@ def _checked_pilot(values, path) -> Pilot | None:
         return None
     ok = isinstance(values, dict) and isinstance(values.get("history"), list) and values["history"]
     ok = ok and all(_is_history_record(record) for record in values["history"]) and _is_int(values.get("best_epoch"), 1)
-    ok = ok and _is_number(values.get("best_loss")) and values.get("verdict") in (STOP_RULE, MAX_EPOCHS)
+    ok = ok and _is_number(values.get("best_value")) and values.get("verdict") in (STOP_RULE, MAX_EPOCHS)
     if not ok or not (values.get("warning") is None or isinstance(values["warning"], str)):
         raise ValueError(f"checkpoint_path={os.fspath(path)!r}: its pilot's outcome is not one a fit writes.")
     return Pilot(**{name: values[name] for name in PILOT_FIELDS})

@@ -4,7 +4,8 @@ A run is **validated** when the held-out frames (or ``X_val``) measure it after 
 evaluation period: one epoch, or as many epochs as make ``training.EVALUATION_STEPS``
 optimizer steps when epochs are short (small data sets get the steps they need before they
 are judged). The **stop rule** fires after ``n_iter_no_change`` evaluations without a
-validation loss below ``(1 - tol)`` times the best so far. The rate is held until then, and
+validation score (SSIM, in the estimator) above the best so far by more than the fraction
+``tol`` of it (or a loss below it by as much, with ``scoring="loss"``). The rate is held until then, and
 the run then **decays** it to 0 for :data:`DECAY_FRACTION` of the epochs before (at least
 one; :func:`~cebra_halfunet.schedules.warmup_stable_decay`), and keeps the weights at the end.
 
@@ -26,7 +27,8 @@ decays, once one more epoch would leave no room for the decay, the decay starts 
 ``"max_epochs"``); if the rule had seen an improvement above ``tol``
 in its last ``n_iter_no_change`` evaluations, the fit ends with a ``ConvergenceWarning``
 (never after the rule, in ``partial_fit`` or on Ctrl-C). A training loss that is not finite
-stops the fit with a ``ValueError``.
+stops the fit with a ``ValueError``, as does one :data:`DIVERGED` times that of the network the
+run started from.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ from .training import Run, TrainingState
 
 #: ``stop_reason_`` values: the stop rule fired, the epoch cap was reached, Ctrl-C.
 STOP_RULE, MAX_EPOCHS, INTERRUPTED = "stop rule", "max_epochs", "interrupted"
+
+#: A training loss this many times the starting network's is divergence (a huge lr).
+DIVERGED = 100.0
 
 #: Length of the decay, as a share of the epochs before it.
 DECAY_FRACTION = 0.25
@@ -68,8 +73,9 @@ class Pilot:
     history : list of dict
         The pilot's epochs (``phase`` ``"pilot"``), numbered from the fit's first.
     best_epoch : int
-        Epoch of the lowest validation loss.
-    best_loss : float
+        Epoch of the best validation value.
+    best_value : float
+        That value, as the rule compares them (the loss, or minus the score).
     verdict : str
         ``"stop rule"`` or ``"max_epochs"``.
     warning : str or None
@@ -78,7 +84,7 @@ class Pilot:
 
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
-    best_loss: float = math.inf
+    best_value: float = math.inf
     verdict: str = STOP_RULE
     warning: str | None = None
 
@@ -89,7 +95,7 @@ class Pilot:
 
     @classmethod
     def of(cls, state: TrainingState) -> Pilot:
-        return cls(state.history, state.best_epoch, state.best_loss, state.verdict, state.warning)
+        return cls(state.history, state.best_epoch, state.best_value, state.verdict, state.warning)
 
 
 class StopRule(Callback):
@@ -103,13 +109,18 @@ class StopRule(Callback):
         Relative improvement that counts: a loss below ``(1 - tol)`` times the best.
     validating : bool
         Whether there are validation data (held-out rows or ``X_val``) to judge by.
+    scoring : {"score", "loss"}
+        What the rule judges: the validation score (higher is better; the trainer's
+        ``score_fn``, SSIM in the estimator) or the validation loss.
     pilot : bool
         The run is a pilot: the verdict ends it, and the cap leaves room for a final run of
         as many epochs, decay included.
     """
 
-    def __init__(self, n_iter_no_change: int, tol: float, validating: bool, pilot: bool = False):
+    def __init__(self, n_iter_no_change: int, tol: float, validating: bool, pilot: bool = False, scoring: str = "loss"):
         self.n_iter_no_change, self.tol, self.validating, self.pilot = n_iter_no_change, tol, validating, pilot
+        self.key = "valid_score" if scoring == "score" else "valid_loss"
+        self.sign = -1.0 if scoring == "score" else 1.0  # judged as a value to lower
 
     def on_train_begin(self, run: Run) -> None:
         self.cap, state = len(run.epochs), run.state
@@ -132,8 +143,8 @@ class StopRule(Callback):
         if state.decaying:
             run.stop = epoch >= state.decay_end_epoch
             return
-        if record["valid_loss"] is not None:
-            self._judge(run, record["valid_loss"], epoch)
+        if record[self.key] is not None:
+            self._judge(run, self.sign * record[self.key], epoch)
         done = epoch - run.epochs.start + 1
         if self.validating and self._exhausted(state):
             self._verdict(run, done, STOP_RULE)
@@ -151,13 +162,14 @@ class StopRule(Callback):
             run.model.load_state_dict(run.state.best_weights)
 
     # ----------------------------------------------------------------- the rule
-    def _judge(self, run: Run, loss: float, epoch: int) -> None:
-        """Track the best validation loss (and its weights) and the last improvement above ``tol``."""
+    def _judge(self, run: Run, value: float, epoch: int) -> None:
+        """Track the best validation value (lower is better; its weights) and the last
+        improvement by more than ``tol`` of it."""
         state = run.state
-        if loss < state.best_loss * (1 - self.tol):
+        if value < state.best_value - self.tol * abs(state.best_value) or state.best_epoch is None:
             state.improved_epoch = epoch
-        if loss < state.best_loss:
-            state.best_loss, state.best_epoch = loss, epoch
+        if value < state.best_value:
+            state.best_value, state.best_epoch = value, epoch
             if not self.pilot:  # a pilot's weights are not kept
                 state.best_weights = copy.deepcopy(run.evaluated.state_dict())
 
@@ -165,7 +177,7 @@ class StopRule(Callback):
         """``n_iter_no_change`` evaluations have passed since the last improvement."""
         if state.improved_epoch is None:
             return False
-        since = [r for r in state.history if r["epoch"] > state.improved_epoch and r["valid_loss"] is not None]
+        since = [r for r in state.history if r["epoch"] > state.improved_epoch and r[self.key] is not None]
         return len(since) >= self.n_iter_no_change
 
     def _cap_forces(self, done: int) -> bool:
@@ -190,11 +202,21 @@ class StopRule(Callback):
         state.decay_steps = length * run.steps_per_epoch  # the epochs of every row, now that it decays
         state.best_weights = None  # the decay's weights are kept
 
-    @staticmethod
-    def _check_finite(run: Run, record: dict) -> None:
+    def _check_finite(self, run: Run, record: dict) -> None:
+        """A ValueError when the training loss, or the validation value judged, is not finite,
+        or the training loss is :data:`DIVERGED` times that of the network the run started with."""
+        judged = "validation SSIM" if self.key == "valid_score" else "validation loss"
         loss = record["batch_loss"]
-        if not math.isfinite(loss):
-            raise ValueError(
-                f"Training diverged: the training loss of epoch {record['epoch']} is {loss}. Lower lr (now "
-                f"{run.optimizer.defaults['lr']:g}), or look for extreme values in X (the embeddings) or y."
-            )
+        for what, value in (("training loss", loss), (judged, record[self.key])):
+            if value is not None and not math.isfinite(value):
+                self._diverged(run, f"the {what} of epoch {record['epoch']} is {value}")
+        if loss > DIVERGED * run.initial_loss:
+            self._diverged(run, f"the training loss of epoch {record['epoch']} is {loss:.3g}, {loss / run.initial_loss:.3g} "
+                                f"times that of the network it started from ({run.initial_loss:.3g})")
+
+    @staticmethod
+    def _diverged(run: Run, what: str):
+        raise ValueError(
+            f"Training diverged: {what}. Lower lr (now {run.optimizer.defaults['lr']:g}), or look for extreme values in X "
+            "(the embeddings) or y."
+        )

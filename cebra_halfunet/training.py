@@ -158,10 +158,12 @@ class TrainingState:
         noise on, ensemble members scored one by one); at the end of each evaluation period
         (else None), measured alike, with the kept weights (the average when averaging), in
         eval mode, without embedding noise: ``train_loss`` on a fixed subset of the training
-        rows, ``valid_loss`` on the validation data while they are not trained on, and
+        rows, ``valid_loss`` (and ``valid_score``, when the trainer scores) on the validation
+        data while they are not trained on, and
         ``held_out_loss`` on the held-out rows once the decay trains them; ``duration_s``.
-    best_loss, best_epoch
-        Lowest validation loss so far and its epoch (None before the first).
+    best_value, best_epoch
+        The best validation value so far, as the stop rule compares them (the loss, or minus
+        the score: lower is better), and its epoch (None before the first).
     best_weights : dict or None
         State dict of the best epoch, kept in the first phase (restored on Ctrl-C).
     improved_epoch : int or None
@@ -189,7 +191,7 @@ class TrainingState:
     """
 
     history: list[dict] = field(default_factory=list)
-    best_loss: float = math.inf
+    best_value: float = math.inf
     best_epoch: int | None = None
     best_weights: dict | None = None
     improved_epoch: int | None = None
@@ -302,6 +304,8 @@ class Run:
         Whether the losses are measured after the current epoch (set by the stop rule).
     stable_phase : str
         The ``phase`` of the history's records before the decay (``"pilot"`` in a pilot run).
+    initial_loss : float
+        The loss of the network the run started from, on the rows of ``train_loss``.
     """
 
     trainer: Trainer
@@ -316,6 +320,7 @@ class Run:
     stop: bool = False
     evaluate: bool = True
     stable_phase: str = "stable"
+    initial_loss: float = math.inf
 
     @property
     def rows(self) -> torch.Tensor:
@@ -353,11 +358,16 @@ class Trainer:
     input_noise : Tensor ``(D,)``, optional
         Standard deviation, per input feature, of Gaussian noise added to the training
         inputs (drawn from the epoch's seeded generator; evaluation inputs are clean).
+    score_fn : callable, optional
+        ``score_fn(model(x), encode(y)) -> (B,)`` scores of the predictions, higher is better
+        (:meth:`score`: the ``valid_score`` of the history); None: the validation data are
+        judged by their loss alone.
     """
 
-    def __init__(self, loss_fn, encode, batch_size: int, device: torch.device, autocast=None, seed: int = 0, input_noise=None):
+    def __init__(self, loss_fn, encode, batch_size: int, device: torch.device, autocast=None, seed: int = 0,
+                 input_noise=None, score_fn=None):
         self.loss_fn, self.encode, self.batch_size, self.device = loss_fn, encode, batch_size, device
-        self.autocast, self.seed, self.input_noise = autocast, seed, input_noise
+        self.autocast, self.seed, self.input_noise, self.score_fn = autocast, seed, input_noise, score_fn
 
     def fit(
         self, model, optimizer, X, Y, *, epochs: range, rows=None, held_out=None, validation=None, state=None, callbacks=()
@@ -410,6 +420,7 @@ class Trainer:
         probe = self._probe_rows(others, n_valid)  # never a held-out row: train_loss and held_out_loss compare
         per_evaluation = math.ceil(EVALUATION_STEPS / math.ceil(len(train_rows) / self.batch_size))
         run = Run(self, model, optimizer, state or TrainingState(), epochs, train_rows, all_rows, per_evaluation, model)
+        run.initial_loss = self.evaluate(model, X, Y, probe)  # what divergence is measured against
         _notify(callbacks, "on_train_begin", run)
         done = {record["epoch"] for record in run.state.history}
         with _InterruptFlag() as interrupt:
@@ -435,14 +446,16 @@ class Trainer:
         return run.state
 
     def _losses(self, run: Run, X, Y, probe, valid, trained: bool) -> dict:
-        """The epoch's ``train_loss``, ``valid_loss`` and ``held_out_loss`` (None when not
-        measured: between evaluations, or no such data): the validation data give the
-        ``valid_loss`` while they are not ``trained`` on, the ``held_out_loss`` once they are."""
-        losses = dict.fromkeys(("train_loss", "valid_loss", "held_out_loss"))
+        """The epoch's ``train_loss``, ``valid_loss``, ``valid_score`` and ``held_out_loss`` (None
+        when not measured: between evaluations, or no such data): the validation data give the
+        ``valid_loss`` (and score) while they are not ``trained`` on, the ``held_out_loss`` once they are."""
+        losses = dict.fromkeys(("train_loss", "valid_loss", "valid_score", "held_out_loss"))
         if run.evaluate:
             losses["train_loss"] = self.evaluate(run.evaluated, X, Y, probe)
             if valid is not None:
                 losses["held_out_loss" if trained else "valid_loss"] = self.evaluate(run.evaluated, *valid)
+                if self.score_fn is not None and not trained:
+                    losses["valid_score"] = self.score(run.evaluated, *valid)
         return losses
 
     def _probe_rows(self, rows: torch.Tensor, n_valid: int | None) -> torch.Tensor:
@@ -490,6 +503,17 @@ class Trainer:
         n = len(X) if rows is None else len(rows)
         for index in _batches(n, self.batch_size, rows):
             total += self._batch_loss(model, X[_on(index, X)], Y, index) * len(index)
+        return total.item() / n
+
+    @torch.no_grad()
+    def score(self, model, X, Y, rows: torch.Tensor | None = None) -> float:
+        """Mean ``score_fn`` over the samples at ``rows`` (None: all), in batches, in eval mode."""
+        model.eval()
+        total = torch.zeros((), device=self.device)
+        n = len(X) if rows is None else len(rows)
+        for index in _batches(n, self.batch_size, rows):
+            prediction = _forward(model, X[_on(index, X)], self.device, self.autocast)
+            total += self.score_fn(prediction, self.encode(_to_device(Y[_on(index, Y)], self.device))).sum()
         return total.item() / n
 
     @torch.no_grad()

@@ -65,7 +65,7 @@ def test_train_loss_is_measured_as_the_validation_loss(data, early_stopping):
     params = dict(max_epochs=2, early_stopping=early_stopping, embedding_noise=3.0, ema_decay=0.9)
     model = HalfUNetRegressor(**(FAST | params)).fit(z, images)
     record = model.history_[-1]
-    assert set(record) == {"epoch", "phase", "train_loss", "batch_loss", "valid_loss", "held_out_loss", "duration_s"}
+    assert set(record) == {"epoch", "phase", "train_loss", "batch_loss", "valid_loss", "valid_score", "held_out_loss", "duration_s"}
     # kept (averaged) weights, no noise, on rows drawn with the seed that are not held out: as
     # many as the held-out rows, or a tenth of the rows without them
     rows = np.flatnonzero(~model.validation_mask_)
@@ -82,7 +82,7 @@ def test_verbose_prints_a_line_per_epoch_with_the_best_marked(data, capsys):
     model = HalfUNetRegressor(**(FAST | dict(max_epochs=5, lr_schedule="warmup_stable_decay")), verbose=1).fit(z, images)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert lines[0] == "pilot: one decoder on the training frames, validated"
-    assert lines[1].split() == ["epoch", "phase", "batch_loss", "train_loss", "valid_loss", "held_out", "lr", "dur"]
+    assert lines[1].split() == ["epoch", "phase", "batch_loss", "train_loss", "valid_loss", "valid_ssim", "held_out", "lr", "dur"]
     final = lines.index("decoder, every frame")
     rows = [line.split() for line in lines[3:final] + lines[final + 3 :]]
     assert [int(row[0]) for row in rows] == [record["epoch"] for record in model.history_]

@@ -10,7 +10,7 @@ from cebra_halfunet import HalfUNetRegressor
 
 from .conftest import at_training_batch
 
-FAST = dict(latent_dim=16, max_epochs=12, batch_size=16, n_iter_no_change=2, random_state=0)  # 4 batches/epoch
+FAST = dict(latent_dim=16, max_epochs=12, batch_size=16, n_iter_no_change=2, random_state=0, scoring="loss")  # 4 batches/epoch
 
 
 def crash():

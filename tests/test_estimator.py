@@ -124,7 +124,7 @@ def test_the_stop_rule_fires_n_iter_no_change_evaluations_after_the_best():
     noise = np.random.default_rng(1).random(images.shape).astype(np.float32)
     # Training rows learnable, validation rows pure noise: validation loss rises with fitting.
     y = np.where(held_out[:, None, None, None], noise, images)
-    model = regressor(max_epochs=30, n_iter_no_change=3, tol=0.0, lr=3e-3, lr_schedule="constant").fit(z, y)
+    model = regressor(max_epochs=30, n_iter_no_change=3, tol=0.0, lr=3e-3, lr_schedule="constant", scoring="loss").fit(z, y)
     np.testing.assert_array_equal(model.validation_mask_, held_out)
     pilot = [record for record in model.history_ if record["phase"] == "pilot"]
     assert model.best_epoch_ == min(pilot, key=lambda record: record["valid_loss"])["epoch"]

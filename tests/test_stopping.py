@@ -53,9 +53,10 @@ def test_a_pilot_chooses_the_length_and_the_decoder_trains_every_frame_that_long
     z, images = make_images(60)
     batches = trained_batches(monkeypatch)
     model = regressor(ensemble_size=ensemble_size, max_epochs=40, n_iter_no_change=2, lr=1e-2).fit(z, images)
+    assert model.stop_reason_ == STOP_RULE, [r["valid_score"] for r in model.history_]
     phases = [r["phase"] for r in model.history_]
     pilot, length = phases.count("pilot"), model.best_epoch_
-    assert model.stop_reason_ == STOP_RULE and 1 <= length <= pilot - 2  # the rule fired 2 evaluations after the best
+    assert 1 <= length <= pilot - 2  # the rule fired 2 evaluations after the best
     assert phases == ["pilot"] * pilot + ["stable"] * length + ["decay"] * decay_epochs(length)
     # the pilot never trains a held-out or gap row; the decoder trains every row in every epoch
     train = ~(model.validation_mask_ | model.excluded_mask_)
@@ -69,7 +70,7 @@ def test_a_pilot_chooses_the_length_and_the_decoder_trains_every_frame_that_long
     records = model.history_
     assert all(r["valid_loss"] is not None and r["held_out_loss"] is None for r in records[:pilot])
     assert all(r["valid_loss"] is None for r in records[pilot:]) and records[-1]["held_out_loss"] is not None
-    assert model.best_epoch_ == min(records[:pilot], key=lambda r: r["valid_loss"])["epoch"]
+    assert model.best_epoch_ == max(records[:pilot], key=lambda r: r["valid_score"])["epoch"]  # SSIM, by default
     assert records[-1]["held_out_loss"] < 1.3 * records[-1]["train_loss"]
 
 
@@ -120,7 +121,7 @@ def test_the_pilot_ends_by_its_rule_or_half_the_cap_and_warns_exactly_when_still
     scripted_pilot(monkeypatch, losses)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = regressor(max_epochs=16, n_iter_no_change=2, tol=0.01).fit(z, images)
+        model = regressor(max_epochs=16, n_iter_no_change=2, tol=0.01, scoring="loss").fit(z, images)
     phases = [r["phase"] for r in model.history_]
     assert phases.count("pilot") == pilot and model.stop_reason_ == reason and model.best_epoch_ == best
     assert len(phases) - pilot == min(best + decay_epochs(best), 16 - pilot)  # the final run, in what is left
@@ -144,7 +145,7 @@ def test_with_x_val_one_run_decays_once_the_rule_fires_and_warns_exactly_when_st
     scripted(monkeypatch, losses)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = regressor(max_epochs=8, n_iter_no_change=2, tol=0.01).fit(z, images, X_val=z[:5], y_val=images[:5])
+        model = regressor(max_epochs=8, n_iter_no_change=2, tol=0.01, scoring="loss").fit(z, images, X_val=z[:5], y_val=images[:5])
     assert model.n_epochs_ == n_epochs and model.stop_reason_ == reason and model.best_epoch_ == best
     stable = sum(r["phase"] == "stable" for r in model.history_)
     assert n_epochs - stable == (8 - stable if reason == MAX_EPOCHS else decay_epochs(stable))
@@ -177,8 +178,10 @@ def test_short_epochs_are_evaluated_every_so_many_steps(default_evaluation_perio
 
 def test_a_diverging_fit_stops_with_a_clear_error():
     z, images = make_images(60)
-    with pytest.raises(ValueError, match=r"Training diverged: the training loss of epoch \d+ is (inf|nan)\. Lower lr \(now 1e\+06\)"):
+    with pytest.raises(ValueError, match=r"Training diverged: the .* of epoch \d+ is .*\. Lower lr \(now 1e\+06\)"):
         regressor(latent_dim=512, lr=1e6, max_epochs=4).fit(z, images)
+    with pytest.raises(ValueError, match=r"Training diverged: the training loss of epoch 1 is .*, .* times that of the network"):
+        regressor(lr=1e3, max_epochs=4, early_stopping=False).fit(z, images)  # finite, yet far above where it started
 
 
 # --------------------------------------------------------------- the schedule
@@ -216,7 +219,7 @@ def test_the_decay_starts_when_the_rule_fires(monkeypatch):
     z, images = make_images(64)
     scripted(monkeypatch, [1, 2, 3, 9, 9, 9])  # the rule fires after epoch 3
     spy, seen = rate_spy()
-    model = regressor(max_epochs=40, n_iter_no_change=2, callbacks=[spy], lr=1e-2).fit(
+    model = regressor(max_epochs=40, n_iter_no_change=2, callbacks=[spy], lr=1e-2, scoring="loss").fit(
         z, images, X_val=z[:5], y_val=images[:5]
     )
     assert model.n_epochs_ == 3 + decay_epochs(3) == 4
@@ -244,3 +247,26 @@ def test_ctrl_c_in_the_pilot_leaves_the_estimator_as_it_was(monkeypatch):
     with pytest.raises(KeyboardInterrupt), pytest.warns(RuntimeWarning, match="while the pilot chose its length"):
         model.fit(z, images)
     assert not any(name.endswith("_") for name in vars(model))
+
+
+def scripted_scores(monkeypatch, scores):
+    """Make the ``n``-th validation score (SSIM) ``scores[n]``."""
+    script = iter(scores)
+    monkeypatch.setattr(Trainer, "score", lambda self, model, X, Y, rows=None: next(script))
+
+
+def test_by_default_the_rule_judges_the_validation_ssim_relative_to_the_best(monkeypatch):
+    z, images = make_images(60)
+    scripted_scores(monkeypatch, [0.30, 0.32, 0.322, 0.321, 0.5, 0.5])  # +0.6%: less than tol (1%) of 0.32
+    model = regressor(max_epochs=40, n_iter_no_change=2, tol=0.01).fit(z, images)
+    pilot = [r for r in model.history_ if r["phase"] == "pilot"]
+    assert [r["valid_score"] for r in pilot] == [0.30, 0.32, 0.322, 0.321]  # fired after two without 1% over 0.32
+    assert model.best_epoch_ == 3 and model.stop_reason_ == STOP_RULE  # the highest, though not by tol
+    assert all(r["valid_loss"] is not None for r in pilot)  # the loss is recorded beside it
+
+
+def test_a_validation_score_that_is_not_finite_is_divergence(monkeypatch):
+    z, images = make_images(60)
+    scripted_scores(monkeypatch, [0.3, float("nan")])
+    with pytest.raises(ValueError, match="Training diverged: the validation SSIM of epoch 2 is nan"):
+        regressor(max_epochs=40).fit(z, images)
