@@ -27,7 +27,7 @@ from ._cebra_pickling import register_cebra_pickling
 from ._checks import check_numbers, check_output_shape
 from .callbacks import Callback, Checkpoint, PrintLog, WarmupStableDecay, WeightAveraging
 from .losses import LOSS_NAMES, make_loss, per_member, ssim
-from .metrics import check_finite_images, pooled_r2
+from .metrics import check_finite_images, in_memory, pooled_r2
 from .networks import LARGE_LATENT_DIM, DecoderEnsemble, HalfUNetDecoder, ImageOutput
 from .persistence import exclusive
 from .saving import SavingMixin
@@ -655,7 +655,7 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
         """The leak-free frame split of the frames' hashes (or of the given ``frame_ids``,
         ``(ids, name)``), unless ``X_val`` was given or there is no validation."""
         if not validate:
-            return ValidationSplit.none(len(X), "no validation (early_stopping=False or partial_fit)")
+            return ValidationSplit.none(len(X), "no validation (early_stopping=False, partial_fit, or a warm start without X_val)")
         if val is not None:
             return ValidationSplit.none(len(X), f"X_val and y_val as given ({len(val[0])} samples)")
         if self.max_epochs < 2:
@@ -724,10 +724,9 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
         def write_checkpoint(state: TrainingState, model, optimizer) -> None:
             self._write_checkpoint(model, optimizer.state_dict(), previous + state.history, state, data.fingerprint, pilot)
 
-        scheduled = self.lr_schedule == "warmup_stable_decay" and not partial
         held_out = np.flatnonzero(data.split.held_out) if data.pilots else None
         state, optimizer_state, model = self._run(
-            self.module_, optimizer_state, data, epochs, self._callbacks(data.validation is not None, scheduled, write_checkpoint),
+            self.module_, optimizer_state, data, epochs, self._callbacks(data.validation is not None, partial, write_checkpoint),
             state=state, held_out=held_out,
         )
         self.module_ = model
@@ -785,11 +784,12 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
         callbacks += [StopRule(self.n_iter_no_change, self.tol, validating=True, pilot=True, scoring=self._rule_scoring())]
         return callbacks + ([PrintLog("pilot: one decoder on the training frames, validated")] if self.verbose else [])
 
-    def _callbacks(self, validating: bool, scheduled: bool, write_checkpoint) -> list:
-        """The built-in callbacks of the final run, then fresh copies of the user's."""
-        callbacks = [WarmupStableDecay()] if scheduled else []
+    def _callbacks(self, validating: bool, partial: bool, write_checkpoint) -> list:
+        """The built-in callbacks of the decoder's run (``partial``: partial_fit's epoch at
+        the rate ``lr``), then fresh copies of the user's."""
+        callbacks = [WarmupStableDecay()] if self.lr_schedule == "warmup_stable_decay" and not partial else []
         callbacks += [WeightAveraging(self.ema_decay)] if self.ema_decay else []
-        callbacks += [StopRule(self.n_iter_no_change, self.tol, validating, scoring=self._rule_scoring())]
+        callbacks += [StopRule(self.n_iter_no_change, self.tol, validating, scoring=self._rule_scoring(), decays=not partial)]
         callbacks += [Checkpoint(write_checkpoint, self.checkpoint_every)] if self.checkpoint_path is not None else []
         callbacks += [PrintLog("decoder, validated on X_val" if validating else "decoder, every frame")] if self.verbose else []
         return callbacks + copy.deepcopy(list(self.callbacks or []))
@@ -974,7 +974,7 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
     def score(self, X, y, sample_weight=None) -> float:
         """R² pooled over all pixels of ``y`` (see Notes); 1 is perfect."""
         check_is_fitted(self, "module_")
-        y = as_array(y, "y")
+        y = in_memory(y, "y")  # targets on disk are read whole: the predictions are in memory too
         self.target_format_.check(y)
         check_finite_images(y, "y")
         prediction = self.predict(X)

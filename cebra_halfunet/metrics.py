@@ -44,6 +44,13 @@ def _check_images(y_true, y_pred) -> None:
     check_finite_images(y_pred, "y_pred")
 
 
+def in_memory(data, name: str) -> np.ndarray:
+    """``data`` as an in-memory ndarray (targets on disk, h5py or zarr, are read whole: a score
+    holds the predictions in memory anyway)."""
+    data = as_array(data, name)
+    return data if isinstance(data, np.ndarray) else np.asarray(data[:])
+
+
 def check_finite_images(images, name: str) -> None:
     """A ValueError naming ``name`` if the images hold NaN or infinity (checked in chunks)."""
     for start, stop in _spans(len(images)):
@@ -142,7 +149,7 @@ def pooled_r2(y_true: np.ndarray, y_pred: np.ndarray, sample_weight=None) -> flo
     ValueError for empty, mismatched or non-finite inputs and for weights that are not one
     non-negative number per sample, summing above 0 (where ``r2_score`` raises, or returns NaN).
     """
-    y_true, y_pred = (as_array(a, name) for a, name in ((y_true, "y_true"), (y_pred, "y_pred")))
+    y_true, y_pred = (in_memory(a, name) for a, name in ((y_true, "y_true"), (y_pred, "y_pred")))
     y_true, y_pred = (a.reshape(len(a), -1) if a.ndim == 1 else a for a in (y_true, y_pred))  # one output per sample
     n = _check_pair(y_true, y_pred)
     weights = np.ones(n) if sample_weight is None else _check_sample_weight(sample_weight, n)
@@ -250,7 +257,8 @@ class FrameMatches:
         # U sums by the hockey-stick identity to [C(b+t+1, m+1) - C(b, m+1)] / ((t+1) C(M, m)).
         b, t, total = self.below, self.tied, self.distractors
         wins = _binomial_ratio(b + t + 1, m + 1, total + 1) - _binomial_ratio(b, m + 1, total + 1)
-        return (total + 1) / ((m + 1) * (t + 1)) * wins
+        # a probability: clipped against the rounding of the log-gamma arithmetic (1 + 3e-13 otherwise)
+        return np.clip((total + 1) / ((m + 1) * (t + 1)) * wins, 0.0, 1.0)
 
 
 def frame_matches(y_true, y_pred, frame_index=None, window: int | None = None) -> FrameMatches:
@@ -363,7 +371,7 @@ class ImageScorer:
 
     def __call__(self, estimator, X, y) -> float:
         regressor = final_regressor(estimator)
-        y = as_array(y, "y")
+        y = in_memory(y, "y")
         check_finite_images(y, "y")
         images_true = regressor.target_format_.to_images(y)
         images_pred = regressor.target_format_.to_images(estimator.predict(X))

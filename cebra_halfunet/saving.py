@@ -65,6 +65,10 @@ class SavingMixin:
         """
         check_is_fitted(self, "module_")
         self._check_structure("save")
+        absolute = os.path.abspath(os.fspath(path))
+        if os.path.isdir(absolute) or not os.path.isdir(os.path.dirname(absolute)):
+            what = "is a folder: name a file in it" if os.path.isdir(absolute) else "is in a folder that does not exist"
+            raise ValueError(f"path={os.fspath(path)!r} {what}.")
         optimizer_state = None if weights_only else self.optimizer_state_
         write_file(path, *self._file_contents(self.module_, optimizer_state, self.history_))
 
@@ -85,6 +89,8 @@ class SavingMixin:
         tensors = {f"module.{name}": value for name, value in module.state_dict().items()}
         fitted = {name: getattr(self, name, None) for name in FITTED}
         fitted.update(history_=history, n_epochs_=history[-1]["epoch"] if history else 0, target_format_=self.target_format_.to_json())
+        if hasattr(self, "feature_names_in_"):  # X was a DataFrame: predict checks the columns
+            fitted["feature_names_in_"] = [str(name) for name in self.feature_names_in_]
         header = {"estimator": type(self).__name__, "params": _json_params(self.get_params(deep=False)), "fitted": fitted}
         if optimizer_state is not None:
             for index, moments in optimizer_state["state"].items():
@@ -121,7 +127,7 @@ class SavingMixin:
                 "training ran on another schedule: it cannot be resumed exactly. Delete the file or pass another checkpoint_path."
             )
         if ours != theirs or training is None or training.get("fingerprint") != fingerprint:
-            what = "parameters" if ours != theirs else "data (X, y, X_val or y_val)" if training else "kind of file (not a checkpoint)"
+            what = "parameters" if ours != theirs else "data (X, y, X_val, y_val or frame_ids)" if training else "kind of file (not a checkpoint)"
             raise ValueError(
                 f"checkpoint_path={os.fspath(path)!r} holds a different fit: its {what} differ from this one. "
                 "Delete the file or pass another checkpoint_path."
@@ -175,6 +181,11 @@ class SavingMixin:
         estimator.target_format_ = _checked_target_format(fitted["target_format_"], params.get("loss"))
         for name, value in _checked_fitted(fitted, estimator.target_format_).items():
             setattr(estimator, name, value)
+        names = fitted.get("feature_names_in_")
+        if names is not None:
+            if not (isinstance(names, list) and len(names) == estimator.n_features_in_ and all(isinstance(n, str) for n in names)):
+                raise ValueError("feature_names_in_ must be one name per feature of X")
+            estimator.feature_names_in_ = np.asarray(names, dtype=object)
         return estimator
 
     def _expected_tensors(self, infos: dict[str, TensorInfo], header: dict) -> dict[str, TensorInfo]:

@@ -116,15 +116,30 @@ class ValidationSplit:
         return ~(self.held_out | self.excluded)
 
 
-def _neighbours_within(frames: np.ndarray, marked: np.ndarray, gap: int) -> np.ndarray:
+#: A frame shown in more separate runs of samples than this many times the median frame's
+#: (a gray screen between stimuli) recurs: it stays in training, and gaps do not spread through it.
+RECURRING = 4
+
+
+def recurring_frames(ranks: np.ndarray, n_frames: int) -> np.ndarray:
+    """Bool per frame (rank): shown in more than :data:`RECURRING` times the median number of
+    separate runs of consecutive samples. A movie's frames run once per repeat (or a few
+    times, where the eye path returns); a blank between stimuli runs between every two of them."""
+    starts = np.r_[True, ranks[1:] != ranks[:-1]]
+    runs = np.bincount(ranks[starts], minlength=n_frames)
+    return runs > RECURRING * np.median(runs)
+
+
+def _neighbours_within(frames: np.ndarray, marked: np.ndarray, gap: int, walls: np.ndarray) -> np.ndarray:
     """Frames (ranks) reachable from ``marked`` in at most ``gap`` steps between frames
-    shown by consecutive samples."""
+    shown by consecutive samples, never into (nor through) the ``walls``."""
     before, after = frames[:-1], frames[1:]
     near = marked.copy()
     for _ in range(gap):
         grown = near.copy()
         grown[after[near[before]]] = True
         grown[before[near[after]]] = True
+        grown &= ~walls | marked
         if np.array_equal(grown, near):
             break
         near = grown
@@ -173,18 +188,27 @@ def frame_validation_split(
     if isinstance(gap, bool) or not isinstance(gap, (int, np.integer)) or gap < 0:
         raise ValueError(f"gap must be a non-negative integer, got {gap!r}.")
     ranks = np.unique(frame_ids(ids), return_inverse=True)[1].ravel()  # frames numbered by first appearance
-    n_frames = int(ranks.max()) + 1
+    n_all = int(ranks.max()) + 1
+    recurring = recurring_frames(ranks, n_all)
+    regular = np.flatnonzero(~recurring)  # in order of first appearance
+    n_frames = len(regular)
     # round() first: 0.1 * 60 is 6.000000000000001 in floating point, not 6.
     n_valid = math.ceil(round(validation_fraction * n_frames, 6))
     n_runs = max(min(n_stretches, n_valid // max(2 * gap, 1)), 1)
-    held_frames = validation_mask(n_frames, n_valid, n_runs) if n_valid < n_frames else np.ones(n_frames, bool)
-    gap_frames = _neighbours_within(ranks, held_frames, gap) & ~held_frames
+    held_frames = np.zeros(n_all, dtype=bool)
+    held_frames[regular] = validation_mask(n_frames, n_valid, n_runs) if n_valid < n_frames else True
+    gap_frames = _neighbours_within(ranks, held_frames, gap, recurring) & ~held_frames
     held_out, excluded = held_frames[ranks], gap_frames[ranks]
     if held_out.any() and (~held_out & ~excluded).any():
         reason = (
             f"{n_valid} of {n_frames} distinct frames held out in {n_runs} stretch(es), all "
             f"their copies ({held_out.sum()} samples); {excluded.sum()} samples within {gap} frames of them excluded"
         )
+        if recurring.any():
+            reason += (
+                f"; {recurring.sum()} frame(s) recurring between others (in {int(np.sum(recurring[ranks]))} samples, e.g. "
+                "a gray screen between stimuli) stay in training, and no gap spreads through them"
+            )
         left_out = int(np.sum(held_out | excluded))
         if left_out > LARGE_SPLIT * len(ids):
             warnings.warn(
@@ -196,11 +220,11 @@ def frame_validation_split(
             )
         return ValidationSplit(held_out, excluded, True, reason)
     shared = (
-        ", sharing frames with training (the validation loss then rewards memorising)" if n_frames < len(ids)
+        ", sharing frames with training (the validation loss then rewards memorising)" if n_all < len(ids)
         else ", without a gap around them"
     )
     reason = (
-        f"no frame-level validation split: {n_frames} distinct frame(s) cannot give both a validation and a "
+        f"no frame-level validation split: {n_all} distinct frame(s) cannot give both a validation and a "
         f"training part with a gap of {gap}; {validation_fraction} of the samples held out instead{shared}"
     )
     warnings.warn(reason.capitalize() + ".", UserWarning, stacklevel=2)

@@ -115,10 +115,14 @@ class StopRule(Callback):
     pilot : bool
         The run is a pilot: the verdict ends it, and the cap leaves room for a final run of
         as many epochs, decay included.
+    decays : bool
+        False for a run at one rate to its end (``partial_fit``): no decay, no verdict.
     """
 
-    def __init__(self, n_iter_no_change: int, tol: float, validating: bool, pilot: bool = False, scoring: str = "loss"):
+    def __init__(self, n_iter_no_change: int, tol: float, validating: bool, pilot: bool = False, scoring: str = "loss",
+                 decays: bool = True):
         self.n_iter_no_change, self.tol, self.validating, self.pilot = n_iter_no_change, tol, validating, pilot
+        self.decays = decays
         self.key = "valid_score" if scoring == "score" else "valid_loss"
         self.sign = -1.0 if scoring == "score" else 1.0  # judged as a value to lower
 
@@ -150,12 +154,23 @@ class StopRule(Callback):
             self._verdict(run, done, STOP_RULE)
         elif self._cap_forces(done):
             if self.validating and state.improved_epoch is not None:  # not exhausted: it still improved
-                state.warning = (
-                    f"The validation loss was still improving by more than tol={self.tol:g} (relative) in the last "
-                    f"{_plural(self.n_iter_no_change, 'evaluation')} when the fit reached max_epochs={self.cap}: "
-                    "raise max_epochs."
-                )
+                state.warning = self._still_improving(state)
             self._verdict(run, done, MAX_EPOCHS)
+
+    def _still_improving(self, state) -> str:
+        """The text of the ConvergenceWarning of a run that the cap ended while it improved."""
+        judged = "validation SSIM" if self.key == "valid_score" else "validation loss"
+        room = f"{'half of ' if self.pilot else ''}max_epochs={self.cap}"
+        evaluations = sum(record[self.key] is not None for record in state.history)
+        if evaluations <= self.n_iter_no_change:
+            return (
+                f"The stop rule could not judge the {judged}: only {_plural(evaluations, 'evaluation')} fit in {room} "
+                f"(it needs {self.n_iter_no_change + 1}): raise max_epochs."
+            )
+        return (
+            f"The {judged} was still improving by more than tol={self.tol:g} (relative) in the last "
+            f"{_plural(self.n_iter_no_change, 'evaluation')} when the fit reached {room}: raise max_epochs."
+        )
 
     def on_train_end(self, run: Run) -> None:
         if run.state.best_weights is not None and not self.pilot:  # interrupted before the decay
@@ -185,7 +200,7 @@ class StopRule(Callback):
         follows: the decay, or after a pilot the final run (the pilot takes at most half the cap)."""
         if self.pilot:
             return done + 1 > self.cap // 2
-        return done + 1 + decay_epochs(done + 1) > self.cap
+        return self.decays and done + 1 + decay_epochs(done + 1) > self.cap
 
     def _verdict(self, run: Run, done: int, verdict: str) -> None:
         """End the run's epochs at the full rate after ``done`` of them: a pilot stops, any

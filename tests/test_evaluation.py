@@ -314,3 +314,11 @@ def test_the_mlp_baseline_learns_and_is_seeded():
     as_cebra_runs_it = _cebra_decoder(mlp_decoding, z[train], images[train], z[test], device="cpu", model_type="TwoLayersMLP")
     mean = pixel_correlation(images[test], mean_image(z[train], images[train], z[test]))
     assert pixel_correlation(images[test], prediction) > max(0.2, mean + 0.1, pixel_correlation(images[test], as_cebra_runs_it) + 0.1)
+
+
+def test_identification_is_a_probability_with_repeats():
+    images = np.random.default_rng(0).random((12, 8, 16))
+    frames = np.repeat(np.arange(6), 2)
+    for frame_index in (frames, None):
+        per_image = metrics.frame_matches(images, images, frame_index).identification(2)
+        assert per_image.max() <= 1.0 and metrics.identification_accuracy(images, images, frame_index=frame_index) == pytest.approx(1.0)

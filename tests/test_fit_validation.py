@@ -262,3 +262,29 @@ def test_precision_auto_is_float32_channels_last_on_cuda(monkeypatch):
     assert model._resolved_precision() == ("float32", True)
     assert model.set_params(precision="bfloat16")._resolved_precision() == ("bfloat16", True)
     assert model.set_params(channels_last=False)._resolved_precision() == ("bfloat16", False)
+
+
+@pytest.mark.parametrize("every", [3, 6])
+def test_a_gray_screen_between_stimuli_stays_in_training_and_does_not_spread_the_gap(every):
+    """A blank that recurs between stimuli (every 3rd or 6th frame, in every repeat) is shown in
+    many separate runs: it stays in training, and the split of the other frames is as usual."""
+    frames, codes = movie(60)
+    shown = np.tile(np.arange(60), 5)
+    gray = shown % every == 0
+    y = np.where(gray[:, None, None], np.float32(0.5), frames[shown])
+    X = codes[shown] + 0.1 * np.random.default_rng(1).normal(size=(300, 4)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "No frame-level validation split|The validation split leaves")
+        model = regressor().fit(X, y)
+    held_out, excluded = model.validation_mask_, model.excluded_mask_
+    train = ~(held_out | excluded)
+    assert not (held_out | excluded)[gray].any() and held_out.any()
+    assert not set(shown[held_out]) & set(shown[train & ~gray])  # no frame in both parts
+    for offset in range(1, VALIDATION_GAP + 1):  # no training frame near a held-out one, but across a gray screen
+        for start in np.flatnonzero(held_out):
+            for neighbour in (start - offset, start + offset):
+                between = gray[min(start, neighbour) : max(start, neighbour) + 1]
+                if 0 <= neighbour < 300 and not between.any():
+                    assert not train[neighbour], (start, neighbour)
+    assert "recurring between others" in model.validation_reason_
+    assert (held_out | excluded).sum() < 300 / 3

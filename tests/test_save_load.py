@@ -218,3 +218,23 @@ def test_the_body_is_saved_and_loaded(data, tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         HalfUNetRegressor.load(tmp_path / "nothing")
+
+
+def test_the_column_names_of_a_dataframe_travel_with_the_decoder(data, tmp_path):
+    pandas = pytest.importorskip("pandas")
+    z, images = data
+    frame = pandas.DataFrame(z, columns=["a", "b", "c", "d"])
+    model = HalfUNetRegressor(**FAST).fit(frame, images)
+    model.save(tmp_path / "decoder")
+    loaded = HalfUNetRegressor.load(tmp_path / "decoder")
+    np.testing.assert_array_equal(loaded.feature_names_in_, ["a", "b", "c", "d"])
+    np.testing.assert_array_equal(loaded.predict(frame), model.predict(frame))
+    with pytest.raises(ValueError, match="feature names"):
+        loaded.predict(frame[["d", "c", "b", "a"]])
+
+
+def test_saving_to_a_folder_or_a_missing_one_is_refused_naming_the_path(fitted, tmp_path):
+    with pytest.raises(ValueError, match="is a folder: name a file in it"):
+        fitted.save(tmp_path)
+    with pytest.raises(ValueError, match="is in a folder that does not exist"):
+        fitted.save(tmp_path / "missing" / "decoder.safetensors")

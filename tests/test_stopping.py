@@ -270,3 +270,17 @@ def test_a_validation_score_that_is_not_finite_is_divergence(monkeypatch):
     scripted_scores(monkeypatch, [0.3, float("nan")])
     with pytest.raises(ValueError, match="Training diverged: the validation SSIM of epoch 2 is nan"):
         regressor(max_epochs=40).fit(z, images)
+
+
+def test_partial_fit_trains_at_the_rate_lr_without_a_decay():
+    z, images = make_images(60)
+    spy, seen = rate_spy()
+    model = regressor(callbacks=[spy], lr=1e-2).partial_fit(z, images).partial_fit(z, images)
+    assert [r["phase"] for r in model.history_] == ["stable", "stable"] and seen == [1e-2] * 8
+    assert "partial_fit" in model.validation_reason_ and model.stop_reason_ is None
+
+
+def test_the_warning_says_when_the_rule_had_too_few_evaluations_to_judge():
+    z, images = make_images(60)
+    with pytest.warns(ConvergenceWarning, match=r"could not judge the validation SSIM: only 1 evaluation fit in half of max_epochs=3"):
+        regressor(max_epochs=3).fit(z, images)
