@@ -92,41 +92,63 @@ def plot_reconstructions(
 
 
 def plot_learning_curve(history, loss_name: str | None = None):
-    """Training and validation loss at each evaluation, measured alike (see ``history_``),
-    the best epoch marked and the last phase (every frame trained, the rate decaying) shaded,
-    with the loss of the held-out frames once trained there.
+    """The losses at each evaluation, measured alike (see ``history_``): the pilot's (its
+    training rows and the held-out frames it is judged on; shaded) and the decoder's (its
+    training rows and the held-out frames, which it trains too; the decay shaded), the
+    validation SSIM on a second axis where it was measured, and the best epoch marked.
 
     ``history``: a fitted ``HalfUNetRegressor`` (its ``history_``; the y axis is labelled
-    with its loss; an unfitted one raises ``NotFittedError``) or the list of dicts, with
-    ``loss_name`` for the label. Returns the matplotlib figure.
+    with its loss and the best epoch is its ``best_epoch_``; an unfitted one raises
+    ``NotFittedError``) or the list of dicts, with ``loss_name`` for the label. Returns the
+    matplotlib figure.
     """
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    best = None
     if isinstance(history, BaseEstimator):
         check_is_fitted(history, "history_")
-        loss_name = loss_name or history.loss
+        loss_name, best = loss_name or history.loss, history.best_epoch_
         history = history.history_
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    lines = (("train_loss", "training rows"), ("valid_loss", "validation"), ("held_out_loss", "held-out frames, trained"))
-    for key, label in lines:
-        points = [(record["epoch"], record[key]) for record in history if record.get(key) is not None]
+    fig, ax = plt.subplots(figsize=(6, 4.4))
+    pilot = [record for record in history if record.get("phase") == "pilot"]
+    decoder = [record for record in history if record.get("phase") != "pilot"]
+    lines = [
+        (pilot, "train_loss", "pilot: training rows", "C0", ":"), (pilot, "valid_loss", "pilot: held-out frames", "C1", ":"),
+        (decoder, "train_loss", "decoder: training rows", "C0", "-"), (decoder, "valid_loss", "decoder: X_val", "C1", "-"),
+        (decoder, "held_out_loss", "decoder: held-out frames, trained", "C2", "-"),
+    ]
+    for records, key, label, color, style in lines:
+        points = [(record["epoch"], record[key]) for record in records if record.get(key) is not None]
         if points:
-            ax.plot(*zip(*points), marker="o", markersize=3, label=label)
-    valid = [(record["epoch"], record["valid_loss"]) for record in history if record.get("valid_loss") is not None]
-    if valid:
-        best = min(valid, key=lambda pair: pair[1])[0]
+            ax.plot(*zip(*points), marker="o", markersize=3, color=color, linestyle=style, label=label)
+    scores = [(record["epoch"], record["valid_score"]) for record in history if record.get("valid_score") is not None]
+    if scores:
+        right = ax.twinx()
+        right.plot(*zip(*scores), marker="s", markersize=3, color="C3", linestyle="--", label="validation SSIM")
+        right.set_ylabel("validation SSIM", color="C3")
+    if best is None and scores:
+        best = max(scores, key=lambda pair: pair[1])[0]
+    elif best is None:
+        valid = [(record["epoch"], record["valid_loss"]) for record in history if record.get("valid_loss") is not None]
+        best = min(valid, key=lambda pair: pair[1])[0] if valid else None
+    if best is not None:
         ax.axvline(best, color="gray", linestyle=":", label=f"best epoch {best}")
-    decay = [record["epoch"] for record in history if record.get("phase") == "decay"]
-    if decay:
-        ax.axvspan(decay[0] - 0.5, decay[-1] + 0.5, color="gray", alpha=0.12, label="last phase: every frame")
+    for records, label, alpha in ((pilot, "pilot: one decoder, frames held out", 0.08),
+                                  ([r for r in decoder if r.get("phase") == "decay"], "decay", 0.18)):
+        if records:
+            ax.axvspan(records[0]["epoch"] - 0.5, records[-1]["epoch"] + 0.5, color="gray", alpha=alpha, label=label)
     epochs = [record["epoch"] for record in history] or [1]
     ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)  # one epoch is a point, not an empty axis
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"{loss_name} loss" if loss_name else "loss")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    handles, labels = ax.get_legend_handles_labels()
+    if scores:
+        more = right.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=3)
+    fig.tight_layout(rect=(0, 0.06 * (1 + (len(labels) - 1) // 3), 1, 1))
     return fig
 
 

@@ -276,3 +276,17 @@ def test_reconstructions_are_titled_by_frame_number():
     figure = plot_reconstructions(frames, frames, indices=[0, 4], frame_index=np.arange(200, 206))
     titles = [ax.get_title() for ax in figure.axes]
     assert titles == ["Original, frame 200", "Original, frame 204", "Reconstructed, frame 200", "Reconstructed, frame 204"]
+
+
+def test_the_learning_curve_keeps_the_pilot_apart_from_the_decoder():
+    def record(epoch, phase, train, valid=None, held=None, score=None):
+        return {"epoch": epoch, "phase": phase, "batch_loss": train, "train_loss": train, "valid_loss": valid,
+                "valid_score": score, "held_out_loss": held, "duration_s": 1.0}
+
+    history = [record(1, "pilot", 0.2, 0.3, score=0.2), record(2, "pilot", 0.1, 0.25, score=0.3),
+               record(3, "stable", 0.3, held=0.31), record(4, "decay", 0.2, held=0.21)]
+    figure = plot_learning_curve(history, "l1")
+    lines = {line.get_label(): list(line.get_xdata()) for axis in figure.axes for line in axis.lines}
+    assert lines["pilot: training rows"] == [1, 2] and lines["decoder: training rows"] == [3, 4]
+    assert lines["pilot: held-out frames"] == [1, 2] and lines["decoder: held-out frames, trained"] == [3, 4]
+    assert lines["validation SSIM"] == [1, 2] and lines["best epoch 2"] == [2, 2]  # the best by SSIM
