@@ -567,8 +567,8 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
         target_format = TargetFormat.infer(y, output_shape, self.output_channels, self.target_layout)
         if incremental and target_format.form != self.target_format_.form:
             raise ValueError(
-                f"y must have the form of the targets the decoder was fitted on ({self.target_format_}), "
-                f"got {target_format}."
+                f"y must have the form of the targets the decoder was fitted on: "
+                f"{self.target_format_.form_difference(target_format)}."
             )
         images = target_format.to_images(y)
         ids, ids_name = frame_ids
@@ -647,7 +647,7 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
         if val_format.dtype.kind == target_format.dtype.kind == "f":  # float64 y_val for float32 y: same units
             val_format = replace(val_format, dtype=target_format.dtype)
         if val_format.form != target_format.form:
-            raise ValueError(f"y_val must have the form of y ({target_format}), got {val_format}.")
+            raise ValueError(f"y_val must have the form of y: {target_format.form_difference(val_format)}.")
         images = target_format.to_images(y_val)
         return X_val, images, scan_targets(images, "y_val").frame_digests  # raises for NaN and infinity
 
@@ -682,7 +682,11 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
             self.module_ = copy.deepcopy(self.module_)  # trained in place: the fitted one stays as it was if this fit fails
             return None, None
         if self.checkpoint_path is not None and os.path.exists(self.checkpoint_path):
-            return self._resume_checkpoint(data.fingerprint)
+            state, pilot = self._resume_checkpoint(data.fingerprint)
+            if self.verbose:
+                print(f"Resuming from checkpoint_path={os.fspath(self.checkpoint_path)!r}: the decoder's run after epoch "
+                      f"{self.n_epochs_}{'' if not state.decaying or self.n_epochs_ < state.decay_end_epoch else ' (it had ended)'}.")
+            return state, pilot
         self._initialise(data)
         return None, None
 
@@ -928,6 +932,8 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
         if isinstance(X, torch.Tensor):
             X = X.detach().cpu()
         check_numbers(X, name)
+        if getattr(getattr(X, "dtype", None), "kind", "") == "f" and X.dtype.itemsize > 8:
+            raise TypeError(f"{name} must be float64 or narrower, got {X.dtype}: convert it with {name}.astype(np.float64).")
         try:
             X = validate_data(self, X, reset=reset, dtype=np.float32)
         except ValueError as error:

@@ -211,6 +211,11 @@ class TargetFormat:
         ``fit`` and the ``partial_fit`` that continues it."""
         return self.ndim, self.channels, self.shape, self.dtype, self.channels_last
 
+    def form_difference(self, other: TargetFormat) -> str:
+        """In words, how the form of ``other`` differs from this one (``""``: it does not)."""
+        names = ("rank", "channels", "image size", "dtype", "channels-last")
+        return "; ".join(f"{name} {theirs} instead of {ours}" for name, ours, theirs in zip(names, self.form, other.form) if ours != theirs)
+
     def widened(self, scan: TargetScan) -> TargetFormat:
         """These rules, continued on the scanned targets (same layout): the range grows to
         take them in. Raises if a mask meets values above 1."""

@@ -183,7 +183,7 @@ def test_warm_start_and_partial_fit_continue_training(data):
     cold = regressor(max_epochs=2, early_stopping=False).fit(z, images)
     cold.fit(z, images)
     assert cold.n_epochs_ == 2, "without warm_start, fit starts again"
-    with pytest.raises(ValueError, match="form of the targets"):
+    with pytest.raises(ValueError, match="form of the targets the decoder was fitted on: rank 3 instead of 4"):
         model.partial_fit(z, images[:, 0])
 
 

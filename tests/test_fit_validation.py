@@ -192,7 +192,7 @@ def test_validation_targets_may_be_another_float_dtype():
     frames, codes = movie(20)
     model = regressor().fit(codes, frames, X_val=codes[:5], y_val=frames[:5].astype(np.float64))
     assert model.validation_reason_ == "X_val and y_val as given (5 samples)"
-    with pytest.raises(ValueError, match="y_val must have the form of y"):  # uint8 would be read as 0-255
+    with pytest.raises(ValueError, match="y_val must have the form of y: dtype uint8 instead of float32"):  # read as 0-255
         regressor().fit(codes, frames, X_val=codes[:5], y_val=(255 * frames[:5]).astype(np.uint8))
 
 
