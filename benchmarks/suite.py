@@ -314,14 +314,14 @@ def _mean(records: list[dict], field: str) -> float:
     return float(np.mean([record[field] for record in records]))
 
 
-def summary_rows(records: dict, name: str, old: str, new: str, reference: str) -> list | None:
+def summary_rows(records: dict, name: str, old: str, new: str, reference: str, reference_label: str) -> list | None:
     """One condition's row of the summary: kNN, the ``old`` and the ``new`` label's default
     fits (seeds averaged), ``R`` (the best test SSIM of the ``new`` label's curve of
     ``reference``) and the targets of issue 28."""
     # the default's fits, seeds averaged: a curve of the default is a fit too (its seconds include the scoring)
     fits = lambda label: [r for k, r in records.items() if k.startswith((f"{name}|fit|{label}||", f"{name}|curve|{label}||"))]  # noqa: E731
     knn, before, after = records.get(f"{name}|kNN"), fits(old), fits(new)
-    curve = records.get(f"{name}|curve|{new}|{reference}|0")
+    curve = records.get(f"{name}|curve|{reference_label}|{reference}|0")
     if not (knn and before and after):
         return None
     ssim, psnr, r = (_mean(after, field) for field in ("ssim", "psnr", "r"))
@@ -340,11 +340,11 @@ def summary_rows(records: dict, name: str, old: str, new: str, reference: str) -
     ]
 
 
-def write_summary(records: dict, names, old: str, new: str, reference: str) -> None:
+def write_summary(records: dict, names, old: str, new: str, reference: str, reference_label: str) -> None:
     header = ["condition", "kNN SSIM / PSNR / r", f"{old} default (seeds)", f"{new} default (seeds)", "SSIM new - old",
               "new - kNN: SSIM / dB / r", f"R: best SSIM of {reference}", "new - R", "stop reason, epochs/max",
               "fit s (threads)", "held-out / other loss"]
-    rows = [row for name in names if (row := summary_rows(records, name, old, new, reference))]
+    rows = [row for name in names if (row := summary_rows(records, name, old, new, reference, reference_label))]
     notes = (
         "The targets of issue 28: on every condition the stop rule ends the default fit; SSIM >= R - 0.005; on (b), (c) "
         "and (d) the default beats kNN by >= 0.03 SSIM and >= 0.3 dB with pixel r at most 0.005 below; on (a) SSIM, "
@@ -378,6 +378,7 @@ def main():
     parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--summary", nargs=2, metavar=("OLD", "NEW"), help="labels to compare in a summary table")
     parser.add_argument("--reference", default="early_stopping=False,max_epochs=24", help="the curve that gives R")
+    parser.add_argument("--reference-label", help="the label of the code that ran that curve (default: NEW)")
     args = parser.parse_args()
     label = args.label or code_label()
     if not args.table_only:
@@ -396,7 +397,8 @@ def main():
                 run_once(args.records, key, lambda: per_epoch_curve(data, configuration, args.seeds[0]), **facts)
     write_tables(load_records(args.records), args.conditions)
     if args.summary:
-        write_summary(load_records(args.records), args.conditions, *args.summary, args.reference)
+        write_summary(load_records(args.records), args.conditions, *args.summary, args.reference,
+                      args.reference_label or args.summary[1])
 
 
 if __name__ == "__main__":
