@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import sklearn
 import torch
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV, GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler

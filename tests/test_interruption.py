@@ -4,7 +4,6 @@ import copy
 import os
 import signal
 
-import numpy as np
 import pytest
 import torch
 from sklearn.exceptions import ConvergenceWarning
