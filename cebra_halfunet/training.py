@@ -495,25 +495,23 @@ class Trainer:
         prediction = _forward(model, inputs, self.device, self.autocast)
         return self.loss_fn(prediction, self.encode(_to_device(Y[_on(index, Y)], self.device)))
 
-    @torch.no_grad()
     def evaluate(self, model, X, Y, rows: torch.Tensor | None = None) -> float:
         """Mean loss over the samples at ``rows`` (None: all), in batches, in eval mode."""
-        model.eval()
-        total = torch.zeros((), device=self.device)
-        n = len(X) if rows is None else len(rows)
-        for index in _batches(n, self.batch_size, rows):
-            total += self._batch_loss(model, X[_on(index, X)], Y, index) * len(index)
-        return total.item() / n
+        return self._mean(model, X, Y, rows, lambda prediction, target: self.loss_fn(prediction, target) * len(prediction))
 
-    @torch.no_grad()
     def score(self, model, X, Y, rows: torch.Tensor | None = None) -> float:
         """Mean ``score_fn`` over the samples at ``rows`` (None: all), in batches, in eval mode."""
+        return self._mean(model, X, Y, rows, lambda prediction, target: self.score_fn(prediction, target).sum())
+
+    @torch.no_grad()
+    def _mean(self, model, X, Y, rows, total_of) -> float:
+        """``total_of(predictions, targets)`` summed over the batches of ``rows``, over their number."""
         model.eval()
         total = torch.zeros((), device=self.device)
         n = len(X) if rows is None else len(rows)
         for index in _batches(n, self.batch_size, rows):
             prediction = _forward(model, X[_on(index, X)], self.device, self.autocast)
-            total += self.score_fn(prediction, self.encode(_to_device(Y[_on(index, Y)], self.device))).sum()
+            total += total_of(prediction, self.encode(_to_device(Y[_on(index, Y)], self.device)))
         return total.item() / n
 
     @torch.no_grad()
