@@ -8,8 +8,9 @@ reconstructions of movie frames no model saw.
 The movie is made of photographs bundled with scikit-image; the neurons are a simulated
 mouse V1 population (see :func:`cebra_halfunet.datasets.make_natural_movie_v1`). One
 Pipeline, ``CEBRAEmbedding`` (CEBRA with a PCA-of-frames label) then ``HalfUNetRegressor``
-(default parameters: the leak-free frame split, warm-up + cosine over ``max_epochs``, the stop
-rule, bf16 where the CPU or GPU has bf16 units), is fitted on the training stretches and
+(default parameters: a pilot on the training frames whose stop rule picks the length, then
+the decoder on every frame for that length and a decay, bf16 where the CPU or GPU has bf16
+units), is fitted on the training stretches and
 reconstructs the held-out stretches. Prints the report of :func:`cebra_halfunet.evaluate_decoder`
 (pixel correlation, SSIM, 2-way identification and 1-s window accuracy with 95% intervals) next
 to the baselines (mean image, ridge, k nearest neighbours, cebra's MLP) on the same embeddings
