@@ -13,7 +13,8 @@ optimizer pickled beside it still points at the same parameters).
 The rule, so that importing ``cebra_halfunet`` never imports cebra (which costs seconds):
 the reducers are registered when ``cebra_halfunet`` is imported after cebra, and in
 ``HalfUNetRegressor.fit`` and ``CEBRAEmbedding.fit`` otherwise (the decoder of a Pipeline is
-fitted after CEBRA, before any dump). Loading needs nothing registered.
+fitted after CEBRA, before any dump), and when a pickled model is loaded (so that a loaded
+Pipeline can be dumped again). Loading needs nothing registered.
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ def _found_by_name(cls: type) -> bool:
 
 
 def _empty_model(name: str):
-    """An instance of CEBRA's model class ``name`` without state (pickle restores it)."""
+    """An instance of CEBRA's model class ``name`` without state (pickle restores it). Loading
+    registers the reducers too, so that what was loaded can be saved again, whatever the
+    order of the imports."""
+    register_cebra_pickling()
     cls = _model_classes()[name]
     return cls.__new__(cls)
 

@@ -66,18 +66,35 @@ def nearest_neighbours(z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndar
     return search.predict(z_test).astype(np.float32).reshape(len(z_test), *y_train.shape[1:])
 
 
-def mlp(z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray) -> np.ndarray:
-    """``cebra.integrations.decoders.mlp_decoding`` (TwoLayersMLP, its default 20 epochs, CPU)."""
+#: Epochs of the MLP baseline: cebra's default of 20 (about 240 steps of batch 500 on 6,000
+#: frames) leaves even the mean image unlearnt (see :func:`mlp`).
+MLP_EPOCHS = 100
+
+
+def mlp(z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray, seed: int = 0) -> np.ndarray:
+    """``cebra.integrations.decoders.mlp_decoding`` (TwoLayersMLP, CPU) on targets centred by
+    the training mean image, for :data:`MLP_EPOCHS` epochs, seeded.
+
+    As cebra calls it (raw targets, 20 epochs, unseeded) it scored below the mean image on
+    held-out frames (pixel r -0.003, SSIM 0.036 in the demo): its output layer starts at 0 and
+    Adam at lr 1e-3 moves it by at most about 0.24 in those steps, short of the mean image of
+    frames in [0, 1]; whatever it learns of the deviations drowns in that offset.
+    """
     from cebra.integrations.decoders import mlp_decoding
 
-    return _cebra_decoder(mlp_decoding, z_train, y_train, z_test, device="cpu", model_type="TwoLayersMLP")
+    mean = y_train.mean(axis=0, dtype=np.float64).astype(np.float32)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        deviations = _cebra_decoder(mlp_decoding, z_train, y_train - mean, z_test, device="cpu",
+                                    model_type="TwoLayersMLP", num_epochs=MLP_EPOCHS)
+    return deviations + mean
 
 
 BASELINES = {
     "mean image": mean_image,
     "ridge (cebra ridge_decoding)": ridge,
     "kNN (grid over k, metric)": nearest_neighbours,
-    "MLP (cebra mlp_decoding)": mlp,
+    "MLP (cebra mlp_decoding, centred)": mlp,
 }
 
 

@@ -11,18 +11,19 @@ where they run after the built-in ones, on a fresh copy per fit.
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 
 import torch
 from tqdm.auto import tqdm
 
+from .schedules import warmup_stable_decay
 from .training import Run, WeightAverage
 
 #: Placeholder for a keyword of :class:`LRScheduler`: replaced by the number of scheduler
-#: steps of the fit (optimizer steps, or epochs with ``step_every="epoch"``).
-TOTAL_STEPS = "<total steps of the fit>"
+#: steps of ``max_epochs`` epochs of the first phase's rows (optimizer steps, or epochs with
+#: ``step_every="epoch"``): the cap, which a fit that the stop rule ends does not reach.
+TOTAL_STEPS = "<scheduler steps of max_epochs epochs>"
 
 
 class Callback:
@@ -67,85 +68,83 @@ class WeightAveraging(Callback):
             run.model.load_state_dict(self.average.module.state_dict())
 
 
-class EarlyStopping(Callback):
-    """Stop after ``patience`` epochs without a validation loss lower than the best so far
-    by more than the fraction ``tol`` of it, and restore the weights of the best epoch (those of
-    ``run.evaluated``: the average when averaging).
-
-    ``wait_fraction``: the rule ends a run only once that share of the call's epochs is
-    done (rounded up), so that it does not cut off a learning-rate schedule while the rate
-    is still high (0.5 with the warm-up + cosine schedule: the rate is at most half its
-    peak by then). The best epoch is tracked from the first epoch on.
-    """
-
-    def __init__(self, patience: int, tol: float = 0.0, wait_fraction: float = 0.0):
-        self.patience, self.tol, self.wait_fraction = patience, tol, wait_fraction
+class WarmupStableDecay(Callback):
+    """The built-in learning-rate schedule (:func:`~cebra_halfunet.schedules.warmup_stable_decay`):
+    warm up over the first evaluation period, hold the base rate until the stop rule
+    (:class:`~cebra_halfunet.stopping.StopRule`) starts the decay, then decay to 0 over it."""
 
     def on_train_begin(self, run: Run) -> None:
-        self.first_stop = run.epochs.start + math.ceil(round(self.wait_fraction * len(run.epochs), 6)) - 1
-        run.stop = self._exhausted(run.state)
+        self.base_rates = [group["lr"] for group in run.optimizer.param_groups]
+        self.warmup_steps = run.epochs_per_evaluation * math.ceil(len(run.train_rows) / run.trainer.batch_size)
+        self._set_rate(run)
 
-    def on_epoch_end(self, run: Run, record: dict) -> None:
+    def on_epoch_begin(self, run: Run, epoch: int) -> None:
+        self._set_rate(run)  # the decay may have started at the end of the last epoch
+
+    def on_batch_end(self, run: Run, loss: torch.Tensor) -> None:
+        self._set_rate(run)
+
+    def _set_rate(self, run: Run) -> None:
         state = run.state
-        if record["valid_loss"] < state.best_loss * (1 - self.tol):
-            state.improved_epoch = record["epoch"]
-        if record["valid_loss"] < state.best_loss:
-            state.best_loss, state.best_epoch = record["valid_loss"], record["epoch"]
-            state.best_weights = copy.deepcopy(run.evaluated.state_dict())
-        run.stop = self._exhausted(state)
-
-    def on_train_end(self, run: Run) -> None:
-        if run.state.best_weights is not None:
-            run.model.load_state_dict(run.state.best_weights)
-
-    def _exhausted(self, state) -> bool:
-        """``patience`` epochs have passed since the last improvement, at or after the
-        first epoch the rule may stop at."""
-        if state.improved_epoch is None:
-            return False
-        last = state.history[-1]["epoch"]
-        return last >= self.first_stop and last - state.improved_epoch >= self.patience
+        factor = warmup_stable_decay(state.steps, self.warmup_steps, state.decay_start_step, state.decay_steps or 0)
+        for group, rate in zip(run.optimizer.param_groups, self.base_rates):
+            group["lr"] = rate * factor
 
 
 class Checkpoint(Callback):
-    """Call ``write(state)`` every ``every`` epochs of the call (counted from its first)."""
+    """Call ``write(state, model, optimizer)`` every ``every`` epochs of the run (counted from its first)."""
 
     def __init__(self, write, every: int = 1):
         self.write, self.every = write, every
 
     def on_epoch_end(self, run: Run, record: dict) -> None:
         if (record["epoch"] - run.epochs.start + 1) % self.every == 0:
-            self.write(run.state)
+            self.write(run.state, run.model, run.optimizer)
 
 
-class ProgressBar(Callback):
-    """A progress bar of the batches of each epoch, with the losses of the last epoch and
-    the best validation loss so far; says which epoch's weights early stopping restored."""
+class PrintLog(Callback):
+    """One line per epoch, as skorch's ``PrintLog`` prints it, above a progress bar of the
+    epoch's batches: the epoch, its phase, the mean batch loss, and at evaluations the
+    training and validation losses and the validation SSIM (``*`` marks a new best, on what the
+    stop rule judges) or, in the decoder's training after a pilot, the loss of the held-out
+    frames now trained on; the learning rate at the epoch's end; its seconds."""
+
+    COLUMNS = ("epoch", "phase", "batch_loss", "train_loss", "valid_loss", "valid_ssim", "held_out", "lr", "dur")
+
+    def __init__(self, title: str = ""):
+        self.title = title
 
     def on_train_begin(self, run: Run) -> None:
-        self.bar = tqdm(total=run.steps_per_epoch, unit="batch", leave=True)
+        if self.title:
+            tqdm.write(self.title)
+        tqdm.write(" ".join(f"{name:>11}" for name in self.COLUMNS))
+        tqdm.write(" ".join(["-" * 11] * len(self.COLUMNS)))
+        self.bar = tqdm(total=run.steps_per_epoch, unit="batch", leave=False)
 
     def on_epoch_begin(self, run: Run, epoch: int) -> None:
         self.bar.reset(total=run.steps_per_epoch)
-        self.bar.set_description(f"HalfUNet epoch {epoch}/{run.epochs[-1]}")
+        self.bar.set_description(f"epoch {epoch} (at most {run.epochs[-1]})")
 
     def on_batch_end(self, run: Run, loss: torch.Tensor) -> None:
         self.bar.update()
 
     def on_epoch_end(self, run: Run, record: dict) -> None:
-        losses = {k: f"{v:.4g}" for k, v in record.items() if k.endswith("loss") and v is not None}
-        if run.state.best_epoch is not None:
-            losses["best"] = f"{run.state.best_loss:.4g} (epoch {run.state.best_epoch})"
-        self.bar.set_postfix(losses)
+        mark = "*" if run.state.best_epoch == record["epoch"] else " "  # the best epoch, by the stop rule's judgement
+        score = record.get("valid_score")
+        cells = [
+            f"{record['epoch']:>11}", f"{record['phase']:>11}", _cell(record["batch_loss"]), _cell(record["train_loss"]),
+            _cell(record["valid_loss"], mark if score is None else " "), _cell(score, mark), _cell(record["held_out_loss"]),
+            f"{run.optimizer.param_groups[0]['lr']:>11.2e}", f"{record['duration_s']:>10.1f}s",
+        ]
+        tqdm.write(" ".join(cells))
 
     def on_train_end(self, run: Run) -> None:
-        state = run.state
-        if state.best_weights is not None and state.history and state.best_epoch != state.history[-1]["epoch"]:
-            self.bar.write(
-                f"HalfUNet: stopped after epoch {state.history[-1]['epoch']}; restored the weights of epoch "
-                f"{state.best_epoch} (validation loss {state.best_loss:.4g})."
-            )
         self.bar.close()
+
+
+def _cell(value: float | None, mark: str = " ") -> str:
+    """A loss in an 11-character column, its last character a mark (blank when not measured)."""
+    return " " * 11 if value is None else f"{value:>10.4f}{mark}"
 
 
 class LRScheduler(Callback):
@@ -160,10 +159,12 @@ class LRScheduler(Callback):
         Step after every optimizer step, or after every epoch.
     **kwargs
         Passed to ``policy``; a value :data:`TOTAL_STEPS` is replaced by the number of
-        scheduler steps of the fit, e.g. ``LRScheduler(CosineAnnealingLR, T_max=TOTAL_STEPS)``.
+        scheduler steps of ``max_epochs`` epochs (the cap: a fit that the stop rule ends
+        stops sooner), e.g. ``LRScheduler(CosineAnnealingLR, T_max=TOTAL_STEPS)``.
 
-    A run resumed from a checkpoint steps the fresh scheduler through the completed
-    epochs first, so the rates continue where they were.
+    Pass ``lr_schedule="constant"`` to the estimator with it, so that the built-in schedule
+    does not set the rate too. A run resumed from a checkpoint steps the fresh scheduler
+    through the completed steps (or epochs) first, so the rates continue where they were.
     """
 
     def __init__(self, policy, step_every: str = "batch", **kwargs):
@@ -172,14 +173,13 @@ class LRScheduler(Callback):
         self.policy, self.step_every, self.kwargs = policy, step_every, kwargs
 
     def on_train_begin(self, run: Run) -> None:
-        per_epoch = run.steps_per_epoch if self.step_every == "batch" else 1
-        total = len(run.epochs) * per_epoch
+        total = run.total_steps if self.step_every == "batch" else len(run.epochs)
         kwargs = {name: total if value is TOTAL_STEPS else value for name, value in self.kwargs.items()}
         self.scheduler = self.policy(run.optimizer, **kwargs)
         completed = sum(record["epoch"] in run.epochs for record in run.state.history)
         with warnings.catch_warnings():  # stepping before any optimizer step, on purpose
             warnings.simplefilter("ignore", UserWarning)
-            for _ in range(completed * per_epoch):
+            for _ in range(run.state.steps if self.step_every == "batch" else completed):
                 self.scheduler.step()
 
     def on_batch_end(self, run: Run, loss: torch.Tensor) -> None:

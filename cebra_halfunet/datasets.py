@@ -160,8 +160,8 @@ class V1Recording:
     def train_test_split(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Single-trial samples ``X_train, y_train, X_test, y_test``.
 
-        ``X`` ``(T_part * R, n_neurons)`` are the responses in time order, the ``R``
-        repeats of each frame next to each other; ``y`` ``(T_part * R, C, H, W)`` the
+        ``X`` ``(T_part * R, n_neurons)`` are the responses frame by frame, the ``R``
+        repeats of each frame next to each other (not repeat after repeat, as a recording is); ``y`` ``(T_part * R, C, H, W)`` the
         frames shown. Test frames are never in the training part (nor are the ``gap``
         frames around them). A run of consecutive training samples (such as the stretches
         ``HalfUNetRegressor`` holds out for early stopping) shows frames that the rest of

@@ -8,8 +8,9 @@ reconstructions of movie frames no model saw.
 The movie is made of photographs bundled with scikit-image; the neurons are a simulated
 mouse V1 population (see :func:`cebra_halfunet.datasets.make_natural_movie_v1`). One
 Pipeline, ``CEBRAEmbedding`` (CEBRA with a PCA-of-frames label) then ``HalfUNetRegressor``
-(default parameters: the leak-free frame split, warm-up + cosine over ``max_epochs``, the stop
-rule, bf16 where the CPU or GPU has bf16 units), is fitted on the training stretches and
+(default parameters: a pilot on the training frames whose stop rule picks the length, then
+the decoder on every frame for that length and a decay, bf16 where the CPU or GPU has bf16
+units), is fitted on the training stretches and
 reconstructs the held-out stretches. Prints the report of :func:`cebra_halfunet.evaluate_decoder`
 (pixel correlation, SSIM, 2-way identification and 1-s window accuracy with 95% intervals) next
 to the baselines (mean image, ridge, k nearest neighbours, cebra's MLP) on the same embeddings
@@ -114,11 +115,12 @@ def main(argv=None) -> DecoderReport:
                                 device=args.device, random_state=args.seed, verbose=True, **cap)
     pipeline, seconds = timed(make_pipeline(CEBRAEmbedding(embedder, label="pca", random_state=args.seed), decoder).fit,
                               X_train, y_train)
-    print(f"CEBRA (temperature {pipeline[0].cebra_.temperature}) + HalfUNet ({decoder.ensemble_size} decoders, "
+    decoders = "1 decoder" if decoder.ensemble_size == 1 else f"{decoder.ensemble_size} decoders"
+    print(f"CEBRA (temperature {pipeline[0].cebra_.temperature}) + HalfUNet ({decoders}, "
           f"{decoder.loss}): {seconds:.0f} s, "
           f"{decoder.n_epochs_} decoder epochs ({decoder.stop_reason_}), best {decoder.best_epoch_}, {decoder.precision_}")
-    report = evaluate_decoder(pipeline, X_train, y_train, X_test, y_test,
-                              frame_index=data.per_trial(np.arange(args.frames), data.is_test), window=MOVIE_FPS,
+    frame_index = data.per_trial(np.arange(args.frames), data.is_test)
+    report = evaluate_decoder(pipeline, X_train, y_train, X_test, y_test, frame_index=frame_index, window=MOVIE_FPS,
                               baselines=BASELINES, n_shuffles=args.controls, random_state=args.seed)
     print(f"\nHeld-out frames: decoder, baselines on the same embeddings"
           f"{', controls (refitted without the neural signal)' if args.controls else ''}")
@@ -129,7 +131,7 @@ def main(argv=None) -> DecoderReport:
 
     args.out.mkdir(parents=True, exist_ok=True)
     shown = np.linspace(0, len(y_test) - 1, 8).astype(int)  # spread over the held-out stretches
-    figure = plot_reconstructions(y_test, pipeline.predict(X_test), indices=shown)
+    figure = plot_reconstructions(y_test, pipeline.predict(X_test), indices=shown, frame_index=frame_index)
     figure.savefig(args.out / "reconstruction_results.png", dpi=110)
     plot_learning_curve(decoder).savefig(args.out / "learning_curve.png", dpi=110)
     plot_frame_scores(report).savefig(args.out / "frame_scores.png", dpi=110)

@@ -1,9 +1,10 @@
 """``CEBRAEmbedding``: the Pipeline step that puts ``cebra.CEBRA`` in front of the decoder.
 
 In ``make_pipeline(cebra.CEBRA(...), HalfUNetRegressor(...))`` scikit-learn hands the
-frames ``y`` to CEBRA too. CEBRA refuses 4-d labels and, given flattened frames, trains
-behaviour-contrastive on a label of C*H*W dimensions: 25-50x slower per iteration at
-128x256, and not the label a user means. ``CEBRAEmbedding`` wraps the CEBRA model and
+frames ``y`` to CEBRA too. CEBRA refuses labels of more than 2 dimensions (and flat uint8
+frames, as discrete labels of the wrong shape) and, given flat float frames, trains
+behaviour-contrastive on a label of C*H*W dimensions: 8.3x slower per iteration than a compact
+label at 64x128, 15.8x at 128x256 (``benchmarks/cebra_labels.py``), and not the label a user means. ``CEBRAEmbedding`` wraps the CEBRA model and
 chooses its label: a compact PCA of the frames (the analogue of the image features used
 as labels in the CEBRA paper), time alone, or ``y`` as given. The decoder after it still
 receives the full frames.
@@ -87,36 +88,48 @@ class CEBRAEmbedding(TransformerMixin, BaseEstimator):
         self._validate_params()
         X = np.asarray(as_array(X, "X"), dtype=np.float32)
         rng = check_random_state(self.random_state)
-        self.label_pixels_, self.label_pca_ = None, None
-        labels = ()
+        pixels, pca, labels = None, None, ()
         if self.label != "time":
             if y is None:
                 raise ValueError(f"label={self.label!r} needs y (the frames); use label='time' to fit without it.")
             y = as_array(y, "y")
             if len(y) != len(X):
                 raise ValueError(f"X and y must have the same number of samples, got {len(X)} and {len(y)}.")
-            labels = (self._pca_label(y, rng) if self.label == "pca" else y,)
-        self.cebra_ = clone(self.cebra) if self.cebra is not None else _default_cebra()
+            if self.label == "pca":
+                pixels, pca, label = self._pca_label(y, rng)
+                labels = (label,)
+            else:
+                labels = (y,)
+        model = clone(self.cebra) if self.cebra is not None else _default_cebra()
         register_cebra_pickling()
         with _seeded(rng.randint(np.iinfo(np.int32).max)):
-            self.cebra_.fit(X, *labels)
+            model.fit(X, *labels)
+        # Set only once CEBRA's fit is done: a fit stopped by Ctrl-C leaves the step as it was.
+        self.cebra_, self.label_pixels_, self.label_pca_ = model, pixels, pca
         self.n_features_in_, self.n_samples_fit_ = X.shape[1], len(X)
         return self
 
-    def _pca_label(self, y: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
-        """Fit the label PCA; standardised principal components of a pixel subset of ``y``,
-        ``(N, n_components)``."""
+    def _pca_label(self, y: np.ndarray, rng: np.random.RandomState) -> tuple[np.ndarray, PCA, np.ndarray]:
+        """``(pixels, pca, label)``: the pixel subset of ``y`` read, the PCA fitted on it, and
+        the label, its standardised principal components ``(N, n_components)``."""
         flat = y.reshape(len(y), -1)
         n_pixels = min(flat.shape[1], self.max_label_pixels)
-        self.label_pixels_ = np.sort(rng.choice(flat.shape[1], size=n_pixels, replace=False))
-        n_components = min(self.n_components, n_pixels, len(y))
-        self.label_pca_ = PCA(n_components, svd_solver="randomized", whiten=True, random_state=rng)
-        return self.label_pca_.fit_transform(flat[:, self.label_pixels_].astype(np.float32)).astype(np.float32)
+        pixels = np.sort(rng.choice(flat.shape[1], size=n_pixels, replace=False))
+        pca = PCA(min(self.n_components, n_pixels, len(y)), svd_solver="randomized", whiten=True, random_state=rng)
+        return pixels, pca, pca.fit_transform(flat[:, pixels].astype(np.float32)).astype(np.float32)
 
     def transform(self, X) -> np.ndarray:
         """Embeddings ``(N, output_dimension)`` of neural data ``X``."""
         check_is_fitted(self, "cebra_")
-        return self.cebra_.transform(np.asarray(as_array(X, "X"), dtype=np.float32))
+        X = np.asarray(as_array(X, "X"), dtype=np.float32)
+        context = len(self.cebra_.model_.get_offset())
+        if len(X) < context:
+            raise ValueError(
+                f"X has {len(X)} sample(s), fewer than the {context} consecutive samples that the fitted CEBRA model "
+                f"({self.cebra_.model_architecture}) reads for each embedding (its context): transform at least {context} "
+                "samples, e.g. the stretch of the recording around the ones you need, and keep the rows you want."
+            )
+        return self.cebra_.transform(X)
 
 
 #: Held while a fit changes the process-wide random state (fits in threads take turns).

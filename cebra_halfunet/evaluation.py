@@ -54,6 +54,9 @@ class DecoderReport:
         Bootstrap block length, in test samples.
     shifts : ndarray of int
         Circular shifts (in training samples) of the targets in the shift controls.
+    frame_index : ndarray of int ``(n_test,)``
+        Frame number of each test sample: stretches of consecutive numbers are the
+        stretches of the movie the test set holds.
     """
 
     rows: tuple
@@ -66,6 +69,7 @@ class DecoderReport:
     window: int
     block_length: int
     shifts: np.ndarray
+    frame_index: np.ndarray
 
     def to_dict(self) -> dict[str, np.ndarray]:
         """Every field as a NumPy array."""
@@ -199,7 +203,8 @@ def evaluate_decoder(
       the refits. Each refit costs one fit of the estimator.
     - with ``frame_index_train``: the CEBRA paper's decoding, ``cebra.KNNDecoder`` (3 nearest
       neighbours, cosine) from the embedding to the frame number, scored as window accuracy.
-      It can only name frames it was trained on: on frames held out of training it scores 0.
+      It can only name frames it was trained on: on frames held out of training it scores
+      only where the window reaches into training frames (near the ends of held-out stretches).
 
     Columns (:data:`METRICS`): pixel correlation, SSIM, 2-way identification and window
     accuracy (see :mod:`cebra_halfunet.metrics`; chance 0.5 and :func:`window_chance`).
@@ -234,83 +239,123 @@ def evaluate_decoder(
     -------
     DecoderReport
     """
-    from .baselines import mean_image, nearest_neighbours, ridge
-
-    n_shuffles = check_count(n_shuffles, "n_shuffles")
-    n_bootstrap = check_positive_int(n_bootstrap, "n_bootstrap")
+    data = _checked_data(X_train, y_train, X_test, y_test, frame_index, frame_index_train)
+    window = check_count(window, "window", " (frames)")
+    n_shuffles, n_bootstrap = check_count(n_shuffles, "n_shuffles"), check_positive_int(n_bootstrap, "n_bootstrap")
     if block_length is not None:
         check_positive_int(block_length, "block_length")
-    X_train, y_train, X_test, y_test = (as_array(a, name) for a, name in
-                                        zip((X_train, y_train, X_test, y_test), ("X_train", "y_train", "X_test", "y_test")))
+    rng = check_random_state(random_state)
+    estimator = estimator if _is_fitted(estimator) else clone(estimator).fit(data.X_train, data.y_train)
+    scorer = _FrameScorer(final_regressor(estimator), data, window)
+    rows = _decoder_rows(estimator, scorer, data, baselines)
+    shifts = _control_shifts(scorer.images_train, n_shuffles, rng) if n_shuffles else np.zeros(0, dtype=np.int64)
+    rows |= _control_rows(estimator, scorer, data, n_shuffles, shifts, rng)
+    if data.frames_train is not None:
+        rows["kNN frame number (CEBRA paper)"] = _frame_number_row(estimator, data, window)
+    per_frame = np.stack(list(rows.values()))
+    block_length = block_length or decorrelation(scorer.images_test, rng)[0]
+    low, high = block_bootstrap(per_frame, block_length, n_bootstrap, rng)
+    return DecoderReport(
+        rows=tuple(rows), metrics=METRICS, per_frame=per_frame, mean=per_frame.mean(axis=-1), low=low, high=high,
+        chance=np.array([np.nan, np.nan, 0.5, window_chance(len(data.y_test), window, data.frames)]),
+        window=window, block_length=int(block_length), shifts=shifts, frame_index=data.frames,
+    )
+
+
+@dataclass(frozen=True)
+class _EvaluationData:
+    """The checked inputs of :func:`evaluate_decoder`."""
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    frames: np.ndarray  # frame number of each test sample
+    frames_train: np.ndarray | None
+
+
+def _checked_data(X_train, y_train, X_test, y_test, frame_index, frame_index_train) -> _EvaluationData:
+    """The arrays, each checked (numbers, matching lengths, frame numbers), named in errors."""
+    named = zip((X_train, y_train, X_test, y_test), ("X_train", "y_train", "X_test", "y_test"))
+    X_train, y_train, X_test, y_test = (as_array(a, name) for a, name in named)
     for X, y, part in ((X_train, y_train, "train"), (X_test, y_test, "test")):
         if len(X) != len(y):
             raise ValueError(f"X_{part} and y_{part} must have the same number of samples, got {len(X)} and {len(y)}.")
-    frames = check_frame_index(frame_index, len(y_test))
+    frames_train = None
     if frame_index_train is not None:
         if frame_index is None:
             raise ValueError("frame_index_train needs frame_index (the test samples' frame numbers) too.")
         frames_train = check_frame_index(frame_index_train, len(y_train))
-    window_hits_chance = window_chance(len(y_test), window, frames)
-    rng = check_random_state(random_state)
-    if baselines is None:
-        baselines = {"mean image": mean_image, "ridge": ridge, "kNN": nearest_neighbours}
+    return _EvaluationData(X_train, y_train, X_test, y_test, check_frame_index(frame_index, len(y_test)), frames_train)
 
-    if not _is_fitted(estimator):
-        estimator = clone(estimator).fit(X_train, y_train)
-    regressor = final_regressor(estimator)
-    target_format = regressor.target_format_
-    images_train, images_test = target_format.to_images(y_train), target_format.to_images(y_test)
-    low_value, high_value = float(np.min(images_train)), float(np.max(images_train))
 
-    def scores(prediction) -> np.ndarray:
-        """``(n_metrics, n_test)`` per-frame scores of predicted test images."""
-        prediction = np.clip(np.asarray(prediction, dtype=np.float32), low_value, high_value)
-        matches = frame_matches(images_test, prediction, frames, window)
+class _FrameScorer:
+    """Per-frame scores ``(n_metrics, n_test)`` of predicted test images, clipped to the
+    training targets' range first."""
+
+    def __init__(self, regressor, data: _EvaluationData, window: int):
+        self.target_format, self.data_range, self.window = regressor.target_format_, regressor.data_range_, window
+        self.images_train = self.target_format.to_images(data.y_train)
+        self.images_test = self.target_format.to_images(data.y_test)
+        self.low, self.high = float(np.min(self.images_train)), float(np.max(self.images_train))
+        self.frames = data.frames
+
+    def __call__(self, prediction) -> np.ndarray:
+        prediction = np.clip(np.asarray(prediction, dtype=np.float32), self.low, self.high)
+        matches = frame_matches(self.images_test, prediction, self.frames, self.window)
         return np.stack([
-            per_image_correlation(images_test, prediction),
-            per_image_ssim(images_test, prediction, data_range=regressor.data_range_),
+            per_image_correlation(self.images_test, prediction),
+            per_image_ssim(self.images_test, prediction, data_range=self.data_range),
             matches.identification(2),
             matches.window_hits,
         ])
 
-    def refit_scores(X, y) -> np.ndarray:
-        control = clone(estimator).fit(X, y)
-        return scores(target_format.to_images(control.predict(X_test)))
+    def of(self, estimator, X_test) -> np.ndarray:
+        """The scores of an estimator's predictions."""
+        return self(self.target_format.to_images(estimator.predict(X_test)))
 
-    rows = {type(regressor).__name__: scores(target_format.to_images(estimator.predict(X_test)))}
-    embed = estimator[:-1].transform if hasattr(estimator, "steps") and len(estimator.steps) > 1 else np.asarray
-    z_train, z_test = embed(X_train), embed(X_test)
-    train_images = np.asarray(images_train, dtype=np.float32)
+
+def _embed(estimator):
+    """The steps before the decoder (the embedding), or the identity for a decoder alone."""
+    return estimator[:-1].transform if hasattr(estimator, "steps") and len(estimator.steps) > 1 else np.asarray
+
+
+def _decoder_rows(estimator, scorer: _FrameScorer, data: _EvaluationData, baselines: dict | None) -> dict:
+    """The decoder's row, then the baselines' on the same embeddings."""
+    from .baselines import mean_image, nearest_neighbours, ridge
+
+    if baselines is None:
+        baselines = {"mean image": mean_image, "ridge": ridge, "kNN": nearest_neighbours}
+    rows = {type(final_regressor(estimator)).__name__: scorer.of(estimator, data.X_test)}
+    z_train, z_test = _embed(estimator)(data.X_train), _embed(estimator)(data.X_test)
+    train_images = np.asarray(scorer.images_train, dtype=np.float32)
     for name, decode in baselines.items():
-        rows[name] = scores(decode(z_train, train_images, z_test))
-    shifts = _control_shifts(images_train, n_shuffles, rng) if n_shuffles else np.zeros(0, dtype=np.int64)
-    if n_shuffles:
-        rows["control: neural data shuffled in time"] = np.mean(
-            [refit_scores(X_train[rng.permutation(len(X_train))], y_train) for _ in range(n_shuffles)], axis=0)
-        rows["control: targets circularly shifted"] = np.mean(
-            [refit_scores(X_train, np.roll(y_train, shift, axis=0)) for shift in shifts], axis=0)
-    if frame_index_train is not None:
-        import cebra
+        rows[name] = scorer(decode(z_train, train_images, z_test))
+    return rows
 
-        with warnings.catch_warnings():  # one class per frame is the point here
-            warnings.filterwarnings("ignore", "The number of unique classes", UserWarning)
-            predicted_frames = cebra.KNNDecoder().fit(z_train, frames_train).predict(z_test)
-        hits = (np.abs(np.asarray(predicted_frames) - frames) <= window).astype(np.float64)
-        rows["kNN frame number (CEBRA paper)"] = np.stack([*np.full((3, len(frames)), np.nan), hits])
 
-    per_frame = np.stack(list(rows.values()))
-    if block_length is None:
-        block_length = decorrelation(images_test, rng)[0]
-    low, high = block_bootstrap(per_frame, block_length, n_bootstrap, rng)
-    return DecoderReport(
-        rows=tuple(rows),
-        metrics=METRICS,
-        per_frame=per_frame,
-        mean=per_frame.mean(axis=-1),
-        low=low,
-        high=high,
-        chance=np.array([np.nan, np.nan, 0.5, window_hits_chance]),
-        window=window,
-        block_length=int(block_length),
-        shifts=shifts,
-    )
+def _control_rows(estimator, scorer: _FrameScorer, data: _EvaluationData, n_shuffles: int, shifts, rng) -> dict:
+    """The controls, each the mean scores of refits of the whole estimator without the signal."""
+    if not n_shuffles:
+        return {}
+
+    def refit(X, y) -> np.ndarray:
+        return scorer.of(clone(estimator).fit(X, y), data.X_test)
+
+    X, y = data.X_train, data.y_train
+    return {
+        "control: neural data shuffled in time": np.mean([refit(X[rng.permutation(len(X))], y) for _ in range(n_shuffles)], axis=0),
+        "control: targets circularly shifted": np.mean([refit(X, np.roll(y, shift, axis=0)) for shift in shifts], axis=0),
+    }
+
+
+def _frame_number_row(estimator, data: _EvaluationData, window: int) -> np.ndarray:
+    """The CEBRA paper's decoding of the frame number (``cebra.KNNDecoder``), as window hits."""
+    import cebra
+
+    embed = _embed(estimator)
+    with warnings.catch_warnings():  # one class per frame is the point here
+        warnings.filterwarnings("ignore", "The number of unique classes", UserWarning)
+        predicted = cebra.KNNDecoder().fit(embed(data.X_train), data.frames_train).predict(embed(data.X_test))
+    hits = (np.abs(np.asarray(predicted) - data.frames) <= window).astype(np.float64)
+    return np.stack([*np.full((3, len(data.frames)), np.nan), hits])

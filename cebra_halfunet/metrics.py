@@ -27,16 +27,47 @@ _CHUNK = 256
 
 
 def _chunks(y_true: np.ndarray, y_pred: np.ndarray):
-    if y_true.shape != y_pred.shape or y_true.ndim != 4:
-        raise ValueError(
-            f"y_true and y_pred must be image batches (N, C, H, W) of one shape, got {y_true.shape} and {y_pred.shape}."
-        )
+    """Float64 tensors of both, ``_CHUNK`` images at a time, after the checks of :func:`_check_images`."""
+    _check_images(y_true, y_pred)
     for start in range(0, len(y_true), _CHUNK):
         yield (torch.from_numpy(np.asarray(a[start : start + _CHUNK], dtype=np.float64)) for a in (y_true, y_pred))
 
 
+def _check_images(y_true, y_pred) -> None:
+    """Raise unless both are image batches ``(N, C, H, W)`` of one shape, N >= 1, all finite."""
+    y_true, y_pred = as_array(y_true, "y_true"), as_array(y_pred, "y_pred")
+    if y_true.shape != y_pred.shape or y_true.ndim != 4 or len(y_true) == 0:
+        raise ValueError(
+            f"y_true and y_pred must be image batches (N, C, H, W) of one shape, N >= 1, got {y_true.shape} and {y_pred.shape}."
+        )
+    check_finite_images(y_true, "y_true")
+    check_finite_images(y_pred, "y_pred")
+
+
+def in_memory(data, name: str) -> np.ndarray:
+    """``data`` as an in-memory ndarray (targets on disk, h5py or zarr, are read whole: a score
+    holds the predictions in memory anyway)."""
+    data = as_array(data, name)
+    return data if isinstance(data, np.ndarray) else np.asarray(data[:])
+
+
+def check_finite_images(images, name: str) -> None:
+    """A ValueError naming ``name`` if the images hold NaN or infinity (checked in chunks)."""
+    for start, stop in _spans(len(images)):
+        if not np.isfinite(np.asarray(images[start:stop], dtype=np.float64)).all():
+            raise ValueError(f"{name} contains NaN or infinity.")
+
+
+def _check_data_range(data_range) -> float:
+    """``data_range`` as a float; a ValueError naming it unless it is a positive finite number."""
+    if isinstance(data_range, bool) or not isinstance(data_range, numbers.Real) or not 0 < data_range < np.inf:
+        raise ValueError(f"data_range must be the positive span of the image values (e.g. 1.0 or 255), got {data_range!r}.")
+    return float(data_range)
+
+
 def per_image_ssim(y_true: np.ndarray, y_pred: np.ndarray, *, data_range: float) -> np.ndarray:
     """SSIM (Wang et al. 2004; Gaussian window 11, sigma 1.5) of each image, ``(N,)``."""
+    data_range = _check_data_range(data_range)
     return np.concatenate([ssim(a, b, data_range).numpy() for a, b in _chunks(y_true, y_pred)])
 
 
@@ -47,6 +78,7 @@ def structural_similarity(y_true: np.ndarray, y_pred: np.ndarray, *, data_range:
 
 def peak_signal_noise_ratio(y_true: np.ndarray, y_pred: np.ndarray, *, data_range: float) -> float:
     """Mean over images of PSNR = 10 log10(data_range^2 / MSE), in dB (inf if identical)."""
+    data_range = _check_data_range(data_range)
     mse = np.concatenate([(a - b).square().mean(dim=(1, 2, 3)).numpy() for a, b in _chunks(y_true, y_pred)])
     with np.errstate(divide="ignore"):
         return float(np.mean(10 * np.log10(data_range**2 / mse)))
@@ -67,7 +99,7 @@ def _standardized(images, start: int, stop: int) -> np.ndarray:
 
 
 def _check_pair(y_true, y_pred) -> int:
-    """Number of images; raise unless both hold the same number of images of the same size."""
+    """Number of images; raise unless both hold the same number of finite images of the same size."""
     if not (hasattr(y_true, "shape") and hasattr(y_pred, "shape")):
         raise TypeError(f"y_true and y_pred must be arrays, got {type(y_true).__name__} and {type(y_pred).__name__}.")
     sizes = [int(np.prod(shape[1:])) if len(shape) > 1 else 0 for shape in (y_true.shape, y_pred.shape)]
@@ -76,6 +108,8 @@ def _check_pair(y_true, y_pred) -> int:
             f"y_true and y_pred must hold the same number of images (at least one) of the same size, "
             f"got shapes {y_true.shape} and {y_pred.shape}."
         )
+    check_finite_images(y_true, "y_true")
+    check_finite_images(y_pred, "y_pred")
     return len(y_true)
 
 
@@ -111,10 +145,14 @@ def pooled_r2(y_true: np.ndarray, y_pred: np.ndarray, sample_weight=None) -> flo
 
     Equal to ``sklearn.metrics.r2_score(..., multioutput="variance_weighted")``: pixels
     that never change (a constant background) count for nothing, instead of each counting
-    as a perfect or a zero score as in the uniform average. Computed in chunks.
+    as a perfect or a zero score as in the uniform average. Computed in chunks. Raises a
+    ValueError for empty, mismatched or non-finite inputs and for weights that are not one
+    non-negative number per sample, summing above 0 (where ``r2_score`` raises, or returns NaN).
     """
-    n = len(y_true)
-    weights = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    y_true, y_pred = (in_memory(a, name) for a, name in ((y_true, "y_true"), (y_pred, "y_pred")))
+    y_true, y_pred = (a.reshape(len(a), -1) if a.ndim == 1 else a for a in (y_true, y_pred))  # one output per sample
+    n = _check_pair(y_true, y_pred)
+    weights = np.ones(n) if sample_weight is None else _check_sample_weight(sample_weight, n)
     flat_true, flat_pred = y_true.reshape(n, -1), y_pred.reshape(n, -1)
     mean = np.zeros(flat_true.shape[1])
     for start in range(0, n, _CHUNK):
@@ -129,6 +167,17 @@ def pooled_r2(y_true: np.ndarray, y_pred: np.ndarray, sample_weight=None) -> flo
     if total == 0:
         return 1.0 if residual == 0 else 0.0
     return 1 - residual / total
+
+
+def _check_sample_weight(sample_weight, n: int) -> np.ndarray:
+    """Float64 weights ``(n,)``; a ValueError naming ``sample_weight`` unless one finite,
+    non-negative weight per sample, not all zero."""
+    weights = np.asarray(as_array(sample_weight, "sample_weight"), dtype=np.float64)
+    if weights.shape != (n,):
+        raise ValueError(f"sample_weight must have one weight per sample ({n}), got shape {weights.shape}.")
+    if not np.isfinite(weights).all() or (weights < 0).any() or weights.sum() == 0:
+        raise ValueError("sample_weight must be finite and non-negative, with at least one weight above 0.")
+    return weights
 
 
 # ------------------------------------------------------------- identification
@@ -208,7 +257,8 @@ class FrameMatches:
         # U sums by the hockey-stick identity to [C(b+t+1, m+1) - C(b, m+1)] / ((t+1) C(M, m)).
         b, t, total = self.below, self.tied, self.distractors
         wins = _binomial_ratio(b + t + 1, m + 1, total + 1) - _binomial_ratio(b, m + 1, total + 1)
-        return (total + 1) / ((m + 1) * (t + 1)) * wins
+        # a probability: clipped against the rounding of the log-gamma arithmetic (1 + 3e-13 otherwise)
+        return np.clip((total + 1) / ((m + 1) * (t + 1)) * wins, 0.0, 1.0)
 
 
 def frame_matches(y_true, y_pred, frame_index=None, window: int | None = None) -> FrameMatches:
@@ -321,7 +371,9 @@ class ImageScorer:
 
     def __call__(self, estimator, X, y) -> float:
         regressor = final_regressor(estimator)
-        images_true = regressor.target_format_.to_images(as_array(y, "y"))
+        y = in_memory(y, "y")
+        check_finite_images(y, "y")
+        images_true = regressor.target_format_.to_images(y)
         images_pred = regressor.target_format_.to_images(estimator.predict(X))
         kwargs = {"data_range": regressor.data_range_} if self.uses_data_range else {}
         return self.metric(images_true, images_pred, **kwargs, **self.kwargs)
@@ -330,6 +382,9 @@ class ImageScorer:
         return f"ImageScorer({', '.join([self.metric.__name__, *(f'{k}={v!r}' for k, v in self.kwargs.items())])})"
 
 
+#: Mean SSIM of the predictions, Gaussian-weighted windows (11 pixels, sigma 1.5) as Wang et al.
+#: 2004 compute it: like skimage's ``structural_similarity(..., gaussian_weights=True,
+#: sigma=1.5, use_sample_covariance=False)``, not skimage's default (uniform 7x7 windows).
 ssim_scorer = ImageScorer(structural_similarity)
 psnr_scorer = ImageScorer(peak_signal_noise_ratio)
 correlation_scorer = ImageScorer(pixel_correlation, uses_data_range=False)

@@ -22,10 +22,31 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .training import VALIDATION_STRETCHES, validation_mask
-
 #: Frames on each side of a held-out stretch that neither part gets (see :func:`frame_validation_split`).
 VALIDATION_GAP = 3
+
+#: Stretches the validation frames of a fit are spread over (see :func:`validation_mask`).
+VALIDATION_STRETCHES = 10
+
+#: A split whose held-out and gap samples exceed this share of the samples warns.
+LARGE_SPLIT = 1 / 3
+
+
+def validation_mask(n_samples: int, n_valid: int, n_stretches: int = VALIDATION_STRETCHES) -> np.ndarray:
+    """Boolean mask ``(n_samples,)`` of ``n_valid`` samples held out for validation.
+
+    Samples are taken to be in time order (a recording). The held-out samples are
+    ``min(n_stretches, n_valid)`` runs of consecutive samples, one at the end of each of as
+    many equal parts of the recording. Each run is a stretch the training samples do not
+    contain, so that neighbouring, correlated frames do not leak into the validation loss;
+    spreading the runs keeps every part of the recording in training, where one stretch at
+    the end would withhold the last scenes of a movie from the decoder altogether.
+    """
+    n_runs = max(min(n_stretches, n_valid), 1)
+    parts = np.arange(n_runs + 1)
+    train_lengths, valid_lengths = np.diff(parts * (n_samples - n_valid) // n_runs), np.diff(parts * n_valid // n_runs)
+    pattern = np.stack([np.zeros(n_runs, dtype=bool), np.ones(n_runs, dtype=bool)], axis=1).ravel()
+    return np.repeat(pattern, np.stack([train_lengths, valid_lengths], axis=1).ravel())
 
 
 def frame_digests(rows) -> np.ndarray:
@@ -83,21 +104,42 @@ class ValidationSplit:
     honest: bool
     reason: str
 
+    @classmethod
+    def none(cls, n_samples: int, reason: str) -> ValidationSplit:
+        """No sample held out (validation on other data, or none)."""
+        nothing = np.zeros(n_samples, dtype=bool)
+        return cls(nothing, nothing, True, reason)
+
     @property
     def train(self) -> np.ndarray:
-        """Samples to train on, ``(n,)`` bool."""
+        """Samples to train on while the held-out ones validate, ``(n,)`` bool."""
         return ~(self.held_out | self.excluded)
 
 
-def _neighbours_within(frames: np.ndarray, marked: np.ndarray, gap: int) -> np.ndarray:
+#: A frame shown in more separate runs of samples than this many times the median frame's
+#: (a gray screen between stimuli) recurs: it stays in training, and gaps do not spread through it.
+RECURRING = 4
+
+
+def recurring_frames(ranks: np.ndarray, n_frames: int) -> np.ndarray:
+    """Bool per frame (rank): shown in more than :data:`RECURRING` times the median number of
+    separate runs of consecutive samples. A movie's frames run once per repeat (or a few
+    times, where the eye path returns); a blank between stimuli runs between every two of them."""
+    starts = np.r_[True, ranks[1:] != ranks[:-1]]
+    runs = np.bincount(ranks[starts], minlength=n_frames)
+    return runs > RECURRING * np.median(runs)
+
+
+def _neighbours_within(frames: np.ndarray, marked: np.ndarray, gap: int, walls: np.ndarray) -> np.ndarray:
     """Frames (ranks) reachable from ``marked`` in at most ``gap`` steps between frames
-    shown by consecutive samples."""
+    shown by consecutive samples, never into (nor through) the ``walls``."""
     before, after = frames[:-1], frames[1:]
     near = marked.copy()
     for _ in range(gap):
         grown = near.copy()
         grown[after[near[before]]] = True
         grown[before[near[after]]] = True
+        grown &= ~walls | marked
         if np.array_equal(grown, near):
             break
         near = grown
@@ -122,7 +164,7 @@ def frame_validation_split(
         Share of the distinct *frames* held out (rounded up), not of the samples.
     n_stretches : int
         The held-out frames are at most ``n_stretches`` runs of frames consecutive in order
-        of first appearance, spread as :func:`training.validation_mask` spreads them; fewer
+        of first appearance, spread as :func:`validation_mask` spreads them; fewer
         where needed for each run to be at least ``2 * gap`` frames long, so that the gaps
         exclude at most about as many frames as are held out.
     gap : int
@@ -135,7 +177,7 @@ def frame_validation_split(
     ValidationSplit
         No frame is in both parts, and no two samples within ``gap`` positions of each
         other are one held out, one training. When that leaves either part empty (too few
-        distinct frames) the split falls back to :func:`training.validation_mask` over the
+        distinct frames) the split falls back to :func:`validation_mask` over the
         samples, ``honest=False``, with a ``UserWarning``.
     """
     ids = np.asarray(ids)
@@ -146,25 +188,43 @@ def frame_validation_split(
     if isinstance(gap, bool) or not isinstance(gap, (int, np.integer)) or gap < 0:
         raise ValueError(f"gap must be a non-negative integer, got {gap!r}.")
     ranks = np.unique(frame_ids(ids), return_inverse=True)[1].ravel()  # frames numbered by first appearance
-    n_frames = int(ranks.max()) + 1
+    n_all = int(ranks.max()) + 1
+    recurring = recurring_frames(ranks, n_all)
+    regular = np.flatnonzero(~recurring)  # in order of first appearance
+    n_frames = len(regular)
     # round() first: 0.1 * 60 is 6.000000000000001 in floating point, not 6.
     n_valid = math.ceil(round(validation_fraction * n_frames, 6))
     n_runs = max(min(n_stretches, n_valid // max(2 * gap, 1)), 1)
-    held_frames = validation_mask(n_frames, n_valid, n_runs) if n_valid < n_frames else np.ones(n_frames, bool)
-    gap_frames = _neighbours_within(ranks, held_frames, gap) & ~held_frames
+    held_frames = np.zeros(n_all, dtype=bool)
+    held_frames[regular] = validation_mask(n_frames, n_valid, n_runs) if n_valid < n_frames else True
+    gap_frames = _neighbours_within(ranks, held_frames, gap, recurring) & ~held_frames
     held_out, excluded = held_frames[ranks], gap_frames[ranks]
     if held_out.any() and (~held_out & ~excluded).any():
         reason = (
             f"{n_valid} of {n_frames} distinct frames held out in {n_runs} stretch(es), all "
             f"their copies ({held_out.sum()} samples); {excluded.sum()} samples within {gap} frames of them excluded"
         )
+        if recurring.any():
+            reason += (
+                f"; {recurring.sum()} frame(s) recurring between others (in {int(np.sum(recurring[ranks]))} samples, e.g. "
+                "a gray screen between stimuli) stay in training, and no gap spreads through them"
+            )
+        left_out = int(np.sum(held_out | excluded))
+        if left_out > LARGE_SPLIT * len(ids):
+            warnings.warn(
+                f"The validation split leaves {left_out} of {len(ids)} samples out of training until its last phase "
+                f"({reason}). Frame ids that are not frames (repeat, trial or block ids) do this: pass the stimulus "
+                "frame of each sample, or X_val and y_val.",
+                UserWarning,
+                stacklevel=2,
+            )
         return ValidationSplit(held_out, excluded, True, reason)
     shared = (
-        ", sharing frames with training (the validation loss then rewards memorising)" if n_frames < len(ids)
+        ", sharing frames with training (the validation loss then rewards memorising)" if n_all < len(ids)
         else ", without a gap around them"
     )
     reason = (
-        f"no frame-level validation split: {n_frames} distinct frame(s) cannot give both a validation and a "
+        f"no frame-level validation split: {n_all} distinct frame(s) cannot give both a validation and a "
         f"training part with a gap of {gap}; {validation_fraction} of the samples held out instead{shared}"
     )
     warnings.warn(reason.capitalize() + ".", UserWarning, stacklevel=2)

@@ -42,26 +42,41 @@ def _is_lazy(data) -> bool:
 def as_array(data, name: str) -> np.ndarray:
     """View ``data`` (NumPy array, memmap, CPU or CUDA tensor, nested list) as an ndarray.
 
-    Arrays and memmaps are returned as they are, without a copy; array-likes read on
-    demand (h5py, zarr) too, after a check of their dtype. Object arrays are refused, even
-    of numbers: convert them yourself, so that a ``None`` or a string is not read as a value.
+    Arrays and memmaps are returned as they are, without a copy (but for views with
+    reversed axes, copied in order); array-likes read on demand (h5py, zarr) too, after a
+    check of their dtype. Object arrays are refused, even of numbers: convert them yourself,
+    so that a ``None`` or a string is not read as a value; so are sparse matrices, scalars,
+    ragged lists and float types wider than float64.
     """
     if isinstance(data, torch.Tensor):
         data = data.detach().cpu().numpy()
+    elif hasattr(data, "toarray") and hasattr(data, "nnz"):  # scipy.sparse, without importing it
+        raise TypeError(f"{name} must be a dense array, got a sparse {type(data).__name__}: pass {name}.toarray().")
     elif _is_lazy(data):
-        if np.dtype(data.dtype).kind not in "biuf":
-            raise TypeError(f"{name} must hold real numbers (bool, integer or float), got dtype {data.dtype}.")
+        _check_dtype(np.dtype(data.dtype), name)
         return data
-    array = data if isinstance(data, np.ndarray) else np.asarray(data)
+    try:
+        array = data if isinstance(data, np.ndarray) else np.asarray(data)
+    except ValueError as error:  # ragged nested lists
+        raise ValueError(f"{name} must be an array of equal-sized samples: {error}") from None
+    if array.ndim == 0:
+        raise ValueError(f"{name} must be an array with one entry per sample, got a scalar {array!r}.")
     if array.dtype == object:
         held = "None (a missing value)" if any(value is None for value in array.flat) else "Python objects"
         raise TypeError(
             f"{name} must hold real numbers (bool, integer or float), got dtype object holding {held} "
             f"(Unknown label type): convert it to a numeric array, e.g. np.asarray({name}, dtype=np.float32)."
         )
-    if array.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must hold real numbers (bool, integer or float), got dtype {array.dtype}.")
-    return array
+    _check_dtype(array.dtype, name)
+    return np.ascontiguousarray(array) if any(stride < 0 for stride in array.strides) else array
+
+
+def _check_dtype(dtype: np.dtype, name: str) -> None:
+    """A TypeError naming ``name`` unless ``dtype`` is bool, an integer or a float of at most 64 bits."""
+    if dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers (bool, integer or float), got dtype {dtype}.")
+    if dtype.kind == "f" and dtype.itemsize > 8:
+        raise TypeError(f"{name} must be float64 or narrower, got {dtype}: convert it with {name}.astype(np.float64).")
 
 
 #: Channel counts of images (gray, RGB, RGBA): a 4-d ``y`` whose last axis has one of these
@@ -195,6 +210,11 @@ class TargetFormat:
         """Rank, channels, image shape, dtype and layout: what must stay the same between
         ``fit`` and the ``partial_fit`` that continues it."""
         return self.ndim, self.channels, self.shape, self.dtype, self.channels_last
+
+    def form_difference(self, other: TargetFormat) -> str:
+        """In words, how the form of ``other`` differs from this one (``""``: it does not)."""
+        names = ("rank", "channels", "image size", "dtype", "channels-last")
+        return "; ".join(f"{name} {theirs} instead of {ours}" for name, ours, theirs in zip(names, self.form, other.form) if ours != theirs)
 
     def widened(self, scan: TargetScan) -> TargetFormat:
         """These rules, continued on the scanned targets (same layout): the range grows to
@@ -453,4 +473,20 @@ def scan_targets(images: np.ndarray | DiskImages, name: str = "y") -> TargetScan
         scan.add(chunk)
     if not (np.isfinite(scan.low) and np.isfinite(scan.high)):
         raise ValueError(f"{name} contains NaN or infinity.")
+    _check_float32_range(scan.low, scan.high, name)
     return scan
+
+
+#: The smallest and the largest magnitude of values the network computes with (float32).
+FLOAT32_TINY, FLOAT32_MAX = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
+
+
+def _check_float32_range(low: float, high: float, name: str) -> None:
+    """A ValueError naming ``name`` for values that float32, in which the network computes,
+    cannot tell apart or hold: a span below its smallest normal number, or beyond its largest."""
+    span, largest = high - low, max(abs(low), abs(high))
+    if largest > FLOAT32_MAX / 16 or 0 < span < 1e6 * FLOAT32_TINY:
+        raise ValueError(
+            f"{name} holds values in [{low:.3g}, {high:.3g}], which the network, computing in float32 (normal numbers "
+            f"{FLOAT32_TINY:.2g} to {FLOAT32_MAX:.2g}), cannot resolve: rescale {name}, e.g. to [0, 1]."
+        )

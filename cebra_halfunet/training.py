@@ -34,25 +34,20 @@ from torch import nn
 #: validation rows (with them, as many as there are validation rows).
 TRAIN_PROBE_FRACTION = 0.1
 
-#: Stretches the validation samples of a fit are spread over (see :func:`validation_mask`).
-VALIDATION_STRETCHES = 10
+#: Optimizer steps an evaluation period spans at least: the validation loss is measured after
+#: every epoch, or every few epochs when an epoch has fewer steps (see :mod:`~cebra_halfunet.stopping`).
+EVALUATION_STEPS = 32
 
 
-def validation_mask(n_samples: int, n_valid: int, n_stretches: int = VALIDATION_STRETCHES) -> np.ndarray:
-    """Boolean mask ``(n_samples,)`` of ``n_valid`` samples held out for validation.
-
-    Samples are taken to be in time order (a recording). The held-out samples are
-    ``min(n_stretches, n_valid)`` runs of consecutive samples, one at the end of each of as
-    many equal parts of the recording. Each run is a stretch the training samples do not
-    contain, so that neighbouring, correlated frames do not leak into the validation loss;
-    spreading the runs keeps every part of the recording in training, where one stretch at
-    the end would withhold the last scenes of a movie from the decoder altogether.
-    """
-    n_runs = max(min(n_stretches, n_valid), 1)
-    parts = np.arange(n_runs + 1)
-    train_lengths, valid_lengths = np.diff(parts * (n_samples - n_valid) // n_runs), np.diff(parts * n_valid // n_runs)
-    pattern = np.stack([np.zeros(n_runs, dtype=bool), np.ones(n_runs, dtype=bool)], axis=1).ravel()
-    return np.repeat(pattern, np.stack([train_lengths, valid_lengths], axis=1).ravel())
+def state_to_cpu(state):
+    """Copy of a (nested) state dict with every tensor on the CPU."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().cpu().clone()
+    if isinstance(state, dict):
+        return {key: state_to_cpu(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(state_to_cpu(value) for value in state)
+    return state
 
 
 def resolve_device(device) -> torch.device:
@@ -157,16 +152,20 @@ class TrainingState:
     Attributes
     ----------
     history : list of dict
-        One dict per completed epoch: ``epoch`` (counted over all calls); ``train_loss``,
-        measured as ``valid_loss`` is (after the epoch, with the kept weights, the average
-        when averaging, in eval mode, without embedding noise) on a fixed subset of the
-        training rows; ``batch_loss``, the mean of the epoch's training-batch losses (the
-        weights moving, noise on, ensemble members scored one by one); ``valid_loss``
-        (None without validation data); ``duration_s``.
-    best_loss, best_epoch
-        Lowest validation loss so far and its epoch (None before the first).
+        One dict per completed epoch: ``epoch`` (counted over all calls); ``phase``
+        (``"stable"``: the first phase, validated; ``"decay"``: the last, on every row);
+        ``batch_loss``, the mean of the epoch's training-batch losses (the weights moving,
+        noise on, ensemble members scored one by one); at the end of each evaluation period
+        (else None), measured alike, with the kept weights (the average when averaging), in
+        eval mode, without embedding noise: ``train_loss`` on a fixed subset of the training
+        rows, ``valid_loss`` (and ``valid_score``, when the trainer scores) on the validation
+        data while they are not trained on, and
+        ``held_out_loss`` on the held-out rows once the decay trains them; ``duration_s``.
+    best_value, best_epoch
+        The best validation value so far, as the stop rule compares them (the loss, or minus
+        the score: lower is better), and its epoch (None before the first).
     best_weights : dict or None
-        State dict of the best epoch (kept when early stopping is on).
+        State dict of the best epoch, kept in the first phase (restored on Ctrl-C).
     improved_epoch : int or None
         Last epoch whose validation loss was lower than the best before it by more than
         the fraction ``tol`` of it (the stop rule's).
@@ -176,21 +175,41 @@ class TrainingState:
         training goes on (checkpoints are written at epoch ends).
     average_steps : int
         Updates that average has had.
+    steps : int
+        Optimizer steps of this call so far.
+    verdict : str or None
+        What ended the first phase (``"stop rule"`` or ``"max_epochs"``), None before.
+    warning : str or None
+        Why the fit ends with a ``ConvergenceWarning``: the cap ended the first phase while
+        the stop rule still saw improvements.
+    decay_start_epoch, decay_end_epoch : int or None
+        The last epoch of the first phase and the last of the decay.
+    decay_start_step, decay_steps : int or None
+        The decay's first optimizer step and its length in steps.
     interrupted : bool
         The run was stopped by Ctrl-C (KeyboardInterrupt).
-    stopped : bool
-        A callback (the stop rule) ended the run (also when it fired at the last epoch).
     """
 
     history: list[dict] = field(default_factory=list)
-    best_loss: float = math.inf
+    best_value: float = math.inf
     best_epoch: int | None = None
     best_weights: dict | None = None
     improved_epoch: int | None = None
     average_weights: dict | None = None
     average_steps: int = 0
+    steps: int = 0
+    verdict: str | None = None
+    warning: str | None = None
+    decay_start_epoch: int | None = None
+    decay_end_epoch: int | None = None
+    decay_start_step: int | None = None
+    decay_steps: int | None = None
     interrupted: bool = False
-    stopped: bool = False
+
+    @property
+    def decaying(self) -> bool:
+        """In the last phase: every row trains, the rate decays."""
+        return self.decay_start_epoch is not None
 
 
 class WeightAverage:
@@ -234,13 +253,15 @@ class WeightAverage:
 class _InterruptFlag:
     """Context in which Ctrl-C sets ``requested`` instead of raising, so that the loop can
     stop cleanly after the current batch. A second Ctrl-C raises at once. Outside the main
-    thread (where signal handlers cannot be set) a KeyboardInterrupt arrives as usual."""
+    thread (where signal handlers cannot be set) a KeyboardInterrupt arrives as usual; where
+    the user ignores Ctrl-C (``SIG_IGN``), it stays ignored."""
 
     requested = False
 
     def __enter__(self):
         self._previous = None
-        if threading.current_thread() is threading.main_thread():
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # Ctrl-C ignored by the user: it stays so
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
@@ -269,13 +290,22 @@ class Run:
     epochs : range
         The epochs of this call (continued training counts on from earlier calls); a
         resumed run skips those already in ``state.history``.
-    steps_per_epoch : int
-        Optimizer steps (batches) per epoch.
+    train_rows, all_rows : Tensor of int
+        The rows the first phase trains on (not held out, not in a gap) and every row
+        (the decay trains on them).
+    epochs_per_evaluation : int
+        Epochs between evaluations: one, or enough for :data:`EVALUATION_STEPS` steps.
     evaluated : nn.Module
         The weights that are validated and kept: ``model``, or a weight average that a
         callback put here.
     stop : bool
         Set by a callback to end the run before the next epoch.
+    evaluate : bool
+        Whether the losses are measured after the current epoch (set by the stop rule).
+    stable_phase : str
+        The ``phase`` of the history's records before the decay (``"pilot"`` in a pilot run).
+    initial_loss : float
+        The loss of the network the run started from, on the rows of ``train_loss``.
     """
 
     trainer: Trainer
@@ -283,14 +313,29 @@ class Run:
     optimizer: torch.optim.Optimizer
     state: TrainingState
     epochs: range
-    steps_per_epoch: int
+    train_rows: torch.Tensor
+    all_rows: torch.Tensor
+    epochs_per_evaluation: int
     evaluated: nn.Module
     stop: bool = False
+    evaluate: bool = True
+    stable_phase: str = "stable"
+    initial_loss: float = math.inf
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """The rows trained on now."""
+        return self.all_rows if self.state.decaying else self.train_rows
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps (batches) of an epoch now."""
+        return math.ceil(len(self.rows) / self.trainer.batch_size)
 
     @property
     def total_steps(self) -> int:
-        """Optimizer steps of the whole call (resumed or not)."""
-        return len(self.epochs) * self.steps_per_epoch
+        """Optimizer steps of ``len(epochs)`` epochs of the first phase's rows: the cap."""
+        return len(self.epochs) * math.ceil(len(self.train_rows) / self.trainer.batch_size)
 
 
 class Trainer:
@@ -313,14 +358,19 @@ class Trainer:
     input_noise : Tensor ``(D,)``, optional
         Standard deviation, per input feature, of Gaussian noise added to the training
         inputs (drawn from the epoch's seeded generator; evaluation inputs are clean).
+    score_fn : callable, optional
+        ``score_fn(model(x), encode(y)) -> (B,)`` scores of the predictions, higher is better
+        (:meth:`score`: the ``valid_score`` of the history); None: the validation data are
+        judged by their loss alone.
     """
 
-    def __init__(self, loss_fn, encode, batch_size: int, device: torch.device, autocast=None, seed: int = 0, input_noise=None):
+    def __init__(self, loss_fn, encode, batch_size: int, device: torch.device, autocast=None, seed: int = 0,
+                 input_noise=None, score_fn=None):
         self.loss_fn, self.encode, self.batch_size, self.device = loss_fn, encode, batch_size, device
-        self.autocast, self.seed, self.input_noise = autocast, seed, input_noise
+        self.autocast, self.seed, self.input_noise, self.score_fn = autocast, seed, input_noise, score_fn
 
     def fit(
-        self, model, optimizer, X, Y, *, epochs: range, held_out=None, excluded=None, validation=None, state=None, callbacks=()
+        self, model, optimizer, X, Y, *, epochs: range, rows=None, held_out=None, validation=None, state=None, callbacks=()
     ) -> TrainingState:
         """Train ``model`` in place with mini-batches drawn from seeded permutations.
 
@@ -332,15 +382,16 @@ class Trainer:
             (or :class:`~cebra_halfunet.targets.DiskImages`).
         epochs : range
             Numbers of the epochs to run (continued training counts on).
-        held_out : Tensor, bool, ``(N,)``, optional
-            Rows held out for validation, evaluated after every epoch (the
-            ``valid_loss`` of the history); training uses the other rows. Indexed in
-            place, never copied.
-        excluded : Tensor, bool, ``(N,)``, optional
-            Rows in neither part (the gap around the validation frames).
+        rows : ndarray of int, optional
+            The rows trained on until the run decays (then every row: see
+            :mod:`~cebra_halfunet.stopping`). None: every row, throughout. Indexed in place,
+            never copied.
+        held_out : ndarray of int, optional
+            Rows whose loss is measured at each evaluation: the ``valid_loss`` while they are
+            not trained on (not in ``rows``, before the decay), the ``held_out_loss`` once they are.
         validation : (Tensor, Tensor), optional
-            Validation inputs and targets of their own (``X_val``, ``y_val``), in place of
-            ``held_out``.
+            Validation inputs and targets of their own (``X_val``, ``y_val``): the
+            ``valid_loss`` throughout.
         state : TrainingState, optional
             State of an earlier, unfinished run of the same call (from a checkpoint): the
             run continues after its last epoch.
@@ -356,20 +407,20 @@ class Trainer:
         """
         model.to(self.device)
         X, Y = _resident([X, Y], self.device)
-        left_out = torch.zeros(len(X), dtype=torch.bool)
-        for mask in (mask for mask in (held_out, excluded) if mask is not None):
-            left_out |= mask
-        rows = torch.nonzero(~left_out).squeeze(1)
+        all_rows = torch.arange(len(X))
+        train_rows = all_rows if rows is None else torch.as_tensor(rows)
+        held_out = None if held_out is None or not len(held_out) else torch.as_tensor(held_out)
         if validation is not None:
-            X_val, Y_val, valid_rows = *_resident(list(validation), self.device), None
-            n_valid = len(X_val)
+            valid, n_valid = (*_resident(list(validation), self.device), None), len(validation[0])
+        elif held_out is not None:
+            valid, n_valid = (X, Y, held_out), len(held_out)
         else:
-            X_val, Y_val = X, Y
-            valid_rows = None if held_out is None else torch.nonzero(held_out).squeeze(1)
-            n_valid = None if held_out is None else len(valid_rows)
-        probe = self._probe_rows(rows, n_valid)
-        steps = math.ceil(len(rows) / self.batch_size)
-        run = Run(self, model, optimizer, state if state is not None else TrainingState(), epochs, steps, model)
+            valid, n_valid = None, None
+        others = train_rows if held_out is None else train_rows[~torch.isin(train_rows, held_out)]
+        probe = self._probe_rows(others, n_valid)  # never a held-out row: train_loss and held_out_loss compare
+        per_evaluation = math.ceil(EVALUATION_STEPS / math.ceil(len(train_rows) / self.batch_size))
+        run = Run(self, model, optimizer, state or TrainingState(), epochs, train_rows, all_rows, per_evaluation, model)
+        run.initial_loss = self.evaluate(model, X, Y, probe)  # what divergence is measured against
         _notify(callbacks, "on_train_begin", run)
         done = {record["epoch"] for record in run.state.history}
         with _InterruptFlag() as interrupt:
@@ -379,22 +430,33 @@ class Trainer:
                 started = time.perf_counter()
                 _notify(callbacks, "on_epoch_begin", run, epoch)
                 try:
-                    batch_loss = self._train_epoch(run, X, Y, rows, epoch, interrupt, callbacks)
+                    batch_loss = self._train_epoch(run, X, Y, epoch, interrupt, callbacks)
                 except KeyboardInterrupt:
                     batch_loss = None
                 if batch_loss is None:
                     run.state.interrupted = True
                     break
-                train_loss = self.evaluate(run.evaluated, X, Y, probe)
-                record = {"epoch": epoch, "train_loss": train_loss, "batch_loss": batch_loss, "valid_loss": None}
-                if n_valid is not None:
-                    record["valid_loss"] = self.evaluate(run.evaluated, X_val, Y_val, valid_rows)
+                record = {"epoch": epoch, "phase": "decay" if run.state.decaying else run.stable_phase, "batch_loss": batch_loss}
+                trained = validation is None and (rows is None or run.state.decaying)  # the held-out rows train now
+                record.update(self._losses(run, X, Y, probe, valid, trained))
                 record["duration_s"] = time.perf_counter() - started
                 run.state.history.append(record)
                 _notify(callbacks, "on_epoch_end", run, record)
-        run.state.stopped = run.stop
         _notify(callbacks, "on_train_end", run)
         return run.state
+
+    def _losses(self, run: Run, X, Y, probe, valid, trained: bool) -> dict:
+        """The epoch's ``train_loss``, ``valid_loss``, ``valid_score`` and ``held_out_loss`` (None
+        when not measured: between evaluations, or no such data): the validation data give the
+        ``valid_loss`` (and score) while they are not ``trained`` on, the ``held_out_loss`` once they are."""
+        losses = dict.fromkeys(("train_loss", "valid_loss", "valid_score", "held_out_loss"))
+        if run.evaluate:
+            losses["train_loss"] = self.evaluate(run.evaluated, X, Y, probe)
+            if valid is not None:
+                losses["held_out_loss" if trained else "valid_loss"] = self.evaluate(run.evaluated, *valid)
+                if self.score_fn is not None and not trained:
+                    losses["valid_score"] = self.score(run.evaluated, *valid)
+        return losses
 
     def _probe_rows(self, rows: torch.Tensor, n_valid: int | None) -> torch.Tensor:
         """The training rows whose loss is the ``train_loss`` of the history: as many as the
@@ -405,10 +467,10 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.seed)
         return rows[torch.randperm(len(rows), generator=generator)[: min(n, len(rows))]].sort().values
 
-    def _train_epoch(self, run: Run, X, Y, rows, epoch: int, interrupt, callbacks):
-        """Mean training loss of one pass over shuffled batches of the samples at ``rows``;
-        None if interrupted."""
-        model, optimizer = run.model, run.optimizer
+    def _train_epoch(self, run: Run, X, Y, epoch: int, interrupt, callbacks):
+        """Mean training loss of one pass over shuffled batches of the rows trained on now
+        (``run.rows``); None if interrupted."""
+        model, optimizer, rows = run.model, run.optimizer, run.rows
         model.train()
         total = torch.zeros((), device=self.device)
         generator = torch.Generator().manual_seed(self.seed + epoch)
@@ -421,6 +483,7 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            run.state.steps += 1
             _notify(callbacks, "on_batch_end", run, loss.detach())
             total += loss.detach() * len(index)
             if interrupt.requested:
@@ -432,25 +495,34 @@ class Trainer:
         prediction = _forward(model, inputs, self.device, self.autocast)
         return self.loss_fn(prediction, self.encode(_to_device(Y[_on(index, Y)], self.device)))
 
-    @torch.no_grad()
     def evaluate(self, model, X, Y, rows: torch.Tensor | None = None) -> float:
         """Mean loss over the samples at ``rows`` (None: all), in batches, in eval mode."""
+        return self._mean(model, X, Y, rows, lambda prediction, target: self.loss_fn(prediction, target) * len(prediction))
+
+    def score(self, model, X, Y, rows: torch.Tensor | None = None) -> float:
+        """Mean ``score_fn`` over the samples at ``rows`` (None: all), in batches, in eval mode."""
+        return self._mean(model, X, Y, rows, lambda prediction, target: self.score_fn(prediction, target).sum())
+
+    @torch.no_grad()
+    def _mean(self, model, X, Y, rows, total_of) -> float:
+        """``total_of(predictions, targets)`` summed over the batches of ``rows``, over their number."""
         model.eval()
         total = torch.zeros((), device=self.device)
         n = len(X) if rows is None else len(rows)
         for index in _batches(n, self.batch_size, rows):
-            total += self._batch_loss(model, X[_on(index, X)], Y, index) * len(index)
+            prediction = _forward(model, X[_on(index, X)], self.device, self.autocast)
+            total += total_of(prediction, self.encode(_to_device(Y[_on(index, Y)], self.device)))
         return total.item() / n
 
     @torch.no_grad()
     def predict_into(self, model: nn.Module, X: torch.Tensor, out: np.ndarray, decode) -> np.ndarray:
         """Write ``decode(model(X))`` batch by batch into the preallocated array ``out``.
 
-        Memory beyond ``out`` is one batch of inputs and outputs, whatever ``len(X)``. When
-        a batch runs out of GPU memory the batch size is halved (with a warning) and the
-        batch retried, down to single samples; then the error is raised.
+        ``model`` is in eval mode on the trainer's device, and is only read: calls from many
+        threads may share it. Memory beyond ``out`` is one batch of inputs and outputs,
+        whatever ``len(X)``. When a batch runs out of GPU memory the batch size is halved
+        (with a warning) and the batch retried, down to single samples; then the error is raised.
         """
-        model.to(self.device).eval()
         start, batch_size = 0, self.batch_size
         while start < len(X):
             stop = min(start + batch_size, len(X))

@@ -25,6 +25,31 @@ def data():
     return make_images()
 
 
+@pytest.fixture(autouse=True)
+def evaluate_every_epoch(monkeypatch):
+    """The tests' data sets are tiny (60 samples: 4 batches of 16 an epoch), where a fit would
+    evaluate only every 8 epochs (``training.EVALUATION_STEPS``): here every epoch is an
+    evaluation, as on real data; tests of the period itself, and tests whose fits run in other
+    processes (which this cannot reach), use :func:`default_evaluation_period`."""
+    monkeypatch.setattr("cebra_halfunet.training.EVALUATION_STEPS", 1)
+
+
+@pytest.fixture
+def default_evaluation_period(monkeypatch):
+    from cebra_halfunet import training
+
+    monkeypatch.setattr(training, "EVALUATION_STEPS", _DEFAULT_EVALUATION_STEPS)
+
+
+def _default_evaluation_steps() -> int:
+    from cebra_halfunet import training
+
+    return training.EVALUATION_STEPS
+
+
+_DEFAULT_EVALUATION_STEPS = _default_evaluation_steps()
+
+
 def at_training_batch(monkeypatch, at_batch, action):
     """Make ``HalfUNetRegressor``'s training loss call ``action()`` at training batch
     ``at_batch`` (1-based; validation batches do not count). Returns the list that

@@ -62,16 +62,31 @@ def test_lr_scheduler_steps_per_batch_over_the_total_steps(data, monkeypatch):
 @pytest.mark.parametrize("early_stopping", [True, False])
 def test_train_loss_is_measured_as_the_validation_loss(data, early_stopping):
     z, images = data
-    params = dict(max_epochs=1, early_stopping=early_stopping, embedding_noise=3.0, ema_decay=0.9)
+    params = dict(max_epochs=2, early_stopping=early_stopping, embedding_noise=3.0, ema_decay=0.9)
     model = HalfUNetRegressor(**(FAST | params)).fit(z, images)
     record = model.history_[-1]
-    assert set(record) == {"epoch", "train_loss", "batch_loss", "valid_loss", "duration_s"}
-    # kept (averaged) weights, no noise, on training rows drawn with the seed: as many as
-    # the validation rows, or a tenth of the rows without them
-    rows = np.flatnonzero(~(model.validation_mask_ | model.excluded_mask_))
+    assert set(record) == {"epoch", "phase", "train_loss", "batch_loss", "valid_loss", "valid_score", "held_out_loss", "duration_s"}
+    # kept (averaged) weights, no noise, on rows drawn with the seed that are not held out: as
+    # many as the held-out rows, or a tenth of the rows without them
+    rows = np.flatnonzero(~model.validation_mask_)
     n_probe = model.validation_mask_.sum() if early_stopping else 6
-    assert len(rows) == (60 - 6 - 3 if early_stopping else 60)  # 6 held out, a 3-frame gap before them
+    assert len(rows) == (60 - 6 if early_stopping else 60)  # 6 held out
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(model.seed_)).numpy()
     probe = np.sort(rows[order[:n_probe]])
     assert record["train_loss"] == pytest.approx(model.evaluate_loss(z[probe], images[probe]), rel=1e-5)
     assert record["batch_loss"] != pytest.approx(record["train_loss"], rel=1e-3)
+
+
+def test_verbose_prints_a_line_per_epoch_with_the_best_marked(data, capsys):
+    z, images = data
+    model = HalfUNetRegressor(**(FAST | dict(max_epochs=5, lr_schedule="warmup_stable_decay")), verbose=1).fit(z, images)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert lines[0] == "pilot: one decoder on the training frames, validated"
+    assert lines[1].split() == ["epoch", "phase", "batch_loss", "train_loss", "valid_loss", "valid_ssim", "held_out", "lr", "dur"]
+    final = lines.index("decoder, every frame")
+    rows = [line.split() for line in lines[3:final] + lines[final + 3 :]]
+    assert [int(row[0]) for row in rows] == [record["epoch"] for record in model.history_]
+    assert [row[1] for row in rows] == [record["phase"] for record in model.history_]
+    best = [row for row in rows if any(cell.endswith("*") for cell in row)]
+    assert [int(row[0]) for row in best][-1] == model.best_epoch_
+    assert float(rows[-1][-2]) == 0.0 and rows[-1][-1].endswith("s")  # the rate decayed to 0 at the last step

@@ -10,7 +10,7 @@ from cebra_halfunet import HalfUNetRegressor
 
 from .conftest import at_training_batch
 
-FAST = dict(latent_dim=16, max_epochs=6, batch_size=16, n_iter_no_change=4, random_state=0, lr_schedule="warmup_cosine")  # 4 batches/epoch
+FAST = dict(latent_dim=16, max_epochs=12, batch_size=16, n_iter_no_change=2, random_state=0, scoring="loss")  # 4 batches/epoch
 
 
 def crash():
@@ -23,18 +23,21 @@ def test_resumed_fit_equals_the_uninterrupted_run(data, tmp_path, monkeypatch, e
     reference = HalfUNetRegressor(**FAST).fit(z, images)
     path = tmp_path / "run.safetensors"
     with monkeypatch.context() as patch:
-        at_training_batch(patch, 14, crash)  # in epoch 4
+        # the pilot: 3 epochs of 4 batches (51 rows); the decoder: 3 + 1 epochs of 4 batches (60 rows)
+        at_training_batch(patch, 12 + 3 * 4 + 2, crash)  # in the decay, its second batch
         with pytest.raises(RuntimeError, match="simulated crash"):
             HalfUNetRegressor(**FAST, checkpoint_path=path, checkpoint_every=every).fit(z, images)
     saved = HalfUNetRegressor.load(path)
-    assert saved.n_epochs_ == {1: 3, 2: 2}[every]
+    assert saved.n_epochs_ == {1: 6, 2: 5}[every]  # checkpoints of the decoder's run, not of the pilot's
     resumed = HalfUNetRegressor(**FAST, checkpoint_path=str(path), checkpoint_every=every, verbose=1).fit(z, images)
-    assert [r["epoch"] for r in resumed.history_] == [r["epoch"] for r in reference.history_]
-    np.testing.assert_allclose([r["valid_loss"] for r in resumed.history_], [r["valid_loss"] for r in reference.history_])
+    assert [r["phase"] for r in reference.history_] == ["pilot"] * 3 + ["stable"] * 3 + ["decay"]
+    for name in ("epoch", "phase", "train_loss", "valid_loss", "held_out_loss"):
+        assert [r[name] for r in resumed.history_] == [r[name] for r in reference.history_]
     assert resumed.best_epoch_ == reference.best_epoch_
-    assert resumed.stop_reason_ == reference.stop_reason_ == "stop rule" and reference.n_epochs_ == 5  # rule state resumed
+    assert resumed.stop_reason_ == reference.stop_reason_ == "stop rule"  # the rule's state and the phase resumed
     np.testing.assert_array_equal(resumed.predict(z), reference.predict(z))
-    assert os.listdir(tmp_path) == ["run.safetensors"]  # no temporary files left
+    assert sorted(os.listdir(tmp_path)) == [
+        ".run.safetensors.lock", "run.safetensors"]  # no temporary files left (the lock file stays)
 
 
 def test_finished_checkpoint_gives_the_same_decoder_without_training(data, tmp_path, monkeypatch):
@@ -80,4 +83,5 @@ def test_a_failed_write_leaves_the_previous_file(data, tmp_path, monkeypatch):
     monkeypatch.setattr("cebra_halfunet.persistence.save_file", failing_save)
     with pytest.raises(OSError, match="disk full"):
         model.partial_fit(z, images)  # writes its checkpoint over the same path
-    assert path.read_bytes() == before and os.listdir(tmp_path) == ["run.safetensors"]
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == [".run.safetensors.lock", "run.safetensors"]  # no temporary file left

@@ -135,7 +135,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     report = main(["--size", "8", "16", "--frames", "200", "--repeats", "2", "--neurons", "40", "--epochs", "2", "--cebra-iterations", "5",
                    "--cebra-temperature", "0.5", "--latent-dim", "16", "--ensemble-size", "2", "--device", "cpu", "--out", str(tmp_path)])
     assert report.rows == ("HalfUNetRegressor", "mean image", "ridge (cebra ridge_decoding)", "kNN (grid over k, metric)",
-                           "MLP (cebra mlp_decoding)")
+                           "MLP (cebra mlp_decoding, centred)")
     assert np.isfinite(report.mean).all() and np.all((report.low <= report.mean + 1e-9) & (report.mean <= report.high + 1e-9))
     assert report.window == 15 and report.per_frame.shape[-1] == 80  # 40 held-out frames, 2 repeats
     for name in ("reconstruction_results.png", "learning_curve.png", "frame_scores.png"):
@@ -213,6 +213,80 @@ def test_frame_scores_plot(tmp_path):
                               baselines={"mean image": mean_image}, n_shuffles=0, block_length=3)
     figure = plot_frame_scores(report, metrics=("pixel corr", "2-way id", "window acc"))
     assert isinstance(figure, Figure) and len(figure.axes) == 3
-    assert len(figure.axes[1].lines) == 3  # two rows and the chance line
+    assert len(figure.axes[1].lines) == 3  # the decoder, the mean image (its mean) and the chance line
     figure.savefig(tmp_path / "scores.png")
     assert (tmp_path / "scores.png").stat().st_size > 0
+
+
+def test_the_running_mean_covers_the_frames_there_are_and_never_crosses_a_gap():
+    from cebra_halfunet.plotting import running_mean
+
+    values = np.array([0.2, 0.4, 0.6, 0.8, 1.0, 5.0, 7.0, 9.0])
+    frames = np.array([10, 11, 12, 13, 14, 40, 41, 42])  # two stretches of the movie
+    smooth = running_mean(values, 3, frames)
+    assert smooth[0] == pytest.approx(0.3)  # the mean of the two frames at the edge, not padded with 0
+    assert smooth[4] == pytest.approx(0.9) and smooth[5] == pytest.approx(6.0)  # nothing across the gap
+    np.testing.assert_allclose(smooth[1:4], [0.4, 0.6, 0.8])
+    interleaved = running_mean([1.0, 3.0, 1.0, 3.0], 2, np.array([0, 0, 1, 1]))  # repeats side by side: one stretch
+    np.testing.assert_allclose(interleaved, [2.0, 2.0, 2.0, 3.0])
+    assert np.isnan(running_mean([np.nan, np.nan], 3)).all()
+
+
+def frame_report(**changes):
+    """A small DecoderReport: a decoder, the mean image and a row scored only as window accuracy."""
+    from cebra_halfunet.evaluation import METRICS, DecoderReport
+
+    n = 12
+    rng = np.random.default_rng(0)
+    per_frame = rng.random((3, 4, n))
+    per_frame[2, :3] = np.nan  # the CEBRA paper's frame-number row has window hits only
+    fields = dict(rows=("decoder", "mean image", "kNN frame number (CEBRA paper)"), metrics=METRICS, per_frame=per_frame,
+                  mean=np.nanmean(per_frame, -1), low=per_frame.min(-1), high=per_frame.max(-1),
+                  chance=np.array([np.nan, np.nan, 0.5, 0.2]), window=2, block_length=3, shifts=np.zeros(0, int),
+                  frame_index=np.r_[np.arange(100, 106), np.arange(300, 306)])
+    return DecoderReport(**(fields | changes))
+
+
+def test_frame_scores_break_at_stretches_show_constant_rows_flat_and_share_one_legend():
+    from cebra_halfunet.plotting import plot_frame_scores
+
+    report = frame_report()
+    figure = plot_frame_scores(report, metrics=("pixel corr", "window acc"))
+    window_panel = figure.axes[1]
+    decoder_lines = [line for line in window_panel.lines if line.get_color() == "C0"]
+    assert [len(line.get_xdata()) for line in decoder_lines] == [6, 6]  # one line per stretch, none across the gap
+    mean_line = next(line for line in window_panel.lines if line.get_label() == "mean image (its mean)")
+    np.testing.assert_allclose(mean_line.get_ydata(), np.mean(report.per_frame[1, 3]))
+    legend = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert "kNN frame number (CEBRA paper)" in legend and "decoder" in legend and "chance" in legend
+
+
+def test_a_learning_curve_of_one_epoch_shows_its_point():
+    history = [{"epoch": 1, "phase": "decay", "batch_loss": 0.3, "train_loss": 0.2, "valid_loss": None,
+                "held_out_loss": 0.25, "duration_s": 1.0}]
+    figure = plot_learning_curve(history, "l1")
+    ax = figure.axes[0]
+    low, high = ax.get_xlim()
+    assert low < 1 < high and high - low == pytest.approx(1.0)
+    assert [list(line.get_xdata()) for line in ax.lines if line.get_marker() == "o"] == [[1], [1]]
+
+
+def test_reconstructions_are_titled_by_frame_number():
+    frames = np.random.default_rng(0).random((6, 8, 16))
+    figure = plot_reconstructions(frames, frames, indices=[0, 4], frame_index=np.arange(200, 206))
+    titles = [ax.get_title() for ax in figure.axes]
+    assert titles == ["Original, frame 200", "Original, frame 204", "Reconstructed, frame 200", "Reconstructed, frame 204"]
+
+
+def test_the_learning_curve_keeps_the_pilot_apart_from_the_decoder():
+    def record(epoch, phase, train, valid=None, held=None, score=None):
+        return {"epoch": epoch, "phase": phase, "batch_loss": train, "train_loss": train, "valid_loss": valid,
+                "valid_score": score, "held_out_loss": held, "duration_s": 1.0}
+
+    history = [record(1, "pilot", 0.2, 0.3, score=0.2), record(2, "pilot", 0.1, 0.25, score=0.3),
+               record(3, "stable", 0.3, held=0.31), record(4, "decay", 0.2, held=0.21)]
+    figure = plot_learning_curve(history, "l1")
+    lines = {line.get_label(): list(line.get_xdata()) for axis in figure.axes for line in axis.lines}
+    assert lines["pilot: training rows"] == [1, 2] and lines["decoder: training rows"] == [3, 4]
+    assert lines["pilot: held-out frames"] == [1, 2] and lines["decoder: held-out frames, trained"] == [3, 4]
+    assert lines["validation SSIM"] == [1, 2] and lines["best epoch 2"] == [2, 2]  # the best by SSIM

@@ -30,7 +30,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_grid_search_on_dask_equals_the_sequential_search(data, client, one_thread):
+def test_grid_search_on_dask_equals_the_sequential_search(data, client, one_thread, default_evaluation_period):
     z, images = data
     grid = {"latent_dim": [8, 16], "loss": ["mse", "l1"]}
 
@@ -46,7 +46,7 @@ def test_grid_search_on_dask_equals_the_sequential_search(data, client, one_thre
     np.testing.assert_array_equal(on_dask.predict(z), sequential.predict(z))
 
 
-def test_cebra_pipeline_cross_validation_on_dask(client, one_thread):
+def test_cebra_pipeline_cross_validation_on_dask(client, one_thread, default_evaluation_period):
     cebra = pytest.importorskip("cebra")
     from sklearn.pipeline import make_pipeline
 

@@ -1,6 +1,6 @@
-"""Issue 22 through ``fit``: the leak-free frame split on repeated stimuli, ``groups``,
-``X_val``/``y_val``, why a fit stopped and the ``ConvergenceWarning``, the learning-rate
-schedule, and the resolved precision."""
+"""The leak-free frame split through ``fit`` on repeated stimuli, ``frame_ids`` (and the
+deprecated ``groups``), ``X_val``/``y_val``, and the resolved precision. How long a fit
+trains is tested in test_stopping.py."""
 
 import warnings
 
@@ -8,19 +8,16 @@ import numpy as np
 import pytest
 import sklearn
 import torch
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.model_selection import GridSearchCV
+from sklearn.model_selection import GridSearchCV, GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from cebra_halfunet import HalfUNetRegressor
-from cebra_halfunet.callbacks import Callback
-from cebra_halfunet.schedules import WARMUP_FRACTION, warmup_cosine
 from cebra_halfunet.splits import VALIDATION_GAP
-from cebra_halfunet.stopping import MAX_EPOCHS, STOP_RULE
+from cebra_halfunet.stopping import MAX_EPOCHS
 from cebra_halfunet.training import Trainer, cpu_has_bf16_units
 
-FAST = dict(latent_dim=16, max_epochs=1, batch_size=32, ensemble_size=1, random_state=0)
+FAST = dict(latent_dim=16, max_epochs=2, batch_size=32, ensemble_size=1, random_state=0)  # a pilot epoch, a final one
 
 
 def regressor(**kwargs):
@@ -76,8 +73,8 @@ def test_repeats_are_found_in_targets_on_disk_and_channels_last(form, tmp_path):
         stored = np.load(tmp_path / "y.npy", mmap_mode="r")
     else:
         stored = np.round(y[..., None] * 255).astype(np.uint8)  # (N, H, W, 1), as a video reader gives
-    in_memory = regressor(max_epochs=1).fit(codes[shown], y)
-    model = regressor(max_epochs=1).fit(codes[shown], stored)
+    in_memory = regressor().fit(codes[shown], y)
+    model = regressor().fit(codes[shown], stored)
     np.testing.assert_array_equal(model.validation_mask_, in_memory.validation_mask_)
     np.testing.assert_array_equal(model.excluded_mask_, in_memory.excluded_mask_)
     check_leak_free(shown, model.validation_mask_, model.excluded_mask_)
@@ -91,25 +88,65 @@ def noisy_repeats():
     return codes[shown], y, shown
 
 
-def test_noisy_repeats_are_held_out_together_through_groups():
+def test_noisy_repeats_are_held_out_together_through_frame_ids():
     X, y, shown = noisy_repeats()
     by_hash = regressor().fit(X, y)
     assert np.unique(shown[by_hash.validation_mask_]).size < by_hash.validation_mask_.sum()  # hash: samples, not frames
-    model = regressor().fit(X, y, groups=shown)
+    model = regressor().fit(X, y, frame_ids=shown)
     check_leak_free(shown, model.validation_mask_, model.excluded_mask_)
-    assert "groups" in model.validation_reason_
-    with pytest.raises(ValueError, match="groups must have one entry per sample"):
-        regressor().fit(X, y, groups=shown[:-1])
+    assert "frames given by frame_ids" in model.validation_reason_
+    with pytest.raises(ValueError, match="frame_ids must have one entry per sample"):
+        regressor().fit(X, y, frame_ids=shown[:-1])
 
 
-def test_groups_reach_the_estimator_in_a_pipeline_and_by_metadata_routing():
+def test_groups_still_work_for_a_release_with_a_future_warning():
     X, y, shown = noisy_repeats()
-    expected = regressor().fit(X, y, groups=shown).validation_mask_
-    pipeline = make_pipeline(StandardScaler(), regressor()).fit(X, y, halfunetregressor__groups=shown)
+    expected = regressor().fit(X, y, frame_ids=shown).validation_mask_
+    with pytest.warns(FutureWarning, match="renamed frame_ids.*pass frame_ids="):
+        model = regressor().fit(X, y, groups=shown)
+    np.testing.assert_array_equal(model.validation_mask_, expected)
+    assert "frames given by groups" in model.validation_reason_
+    with pytest.raises(ValueError, match="frame_ids only"):
+        regressor().fit(X, y, frame_ids=shown, groups=shown)
+
+
+def test_frame_ids_reach_the_estimator_in_a_pipeline_and_by_metadata_routing():
+    X, y, shown = noisy_repeats()
+    expected = regressor().fit(X, y, frame_ids=shown).validation_mask_
+    pipeline = make_pipeline(StandardScaler(), regressor()).fit(X, y, halfunetregressor__frame_ids=shown)
     np.testing.assert_array_equal(pipeline[-1].validation_mask_, expected)
     with sklearn.config_context(enable_metadata_routing=True):
-        routed = make_pipeline(StandardScaler(), regressor().set_fit_request(groups=True)).fit(X, y, groups=shown)
+        routed = make_pipeline(StandardScaler(), regressor().set_fit_request(frame_ids=True)).fit(X, y, frame_ids=shown)
     np.testing.assert_array_equal(routed[-1].validation_mask_, expected)
+
+
+def test_a_search_gives_its_groups_to_the_splitter_and_frame_ids_to_the_decoder():
+    """Repeat ids as a search's groups, frame numbers as frame_ids: each goes where it belongs."""
+    X, y, shown = noisy_repeats()  # 4 repeats of 40 frames
+    repeat = np.repeat(np.arange(4), 40)
+    with sklearn.config_context(enable_metadata_routing=True):
+        decoder = regressor().set_fit_request(frame_ids=True)
+        search = GridSearchCV(decoder, {"lr": [2e-3]}, cv=GroupKFold(2)).fit(X, y, groups=repeat, frame_ids=shown)
+    refitted = search.best_estimator_
+    assert "frames given by frame_ids" in refitted.validation_reason_
+    # a tenth of the 40 frames held out with their copies and a gap: most samples train
+    assert (refitted.validation_mask_ | refitted.excluded_mask_).sum() < len(X) / 3
+
+
+def test_ids_that_are_not_frames_warn_with_how_many_samples_they_leave_out():
+    frames, codes = movie(20)
+    shown = np.tile(np.arange(20), 5)  # a movie of 20 frames shown 5 times
+    X = codes[shown] + 0.1 * np.random.default_rng(1).normal(size=(100, 4)).astype(np.float32)
+    repeat = np.repeat(np.arange(5), 20)  # repeat ids as frame ids: a repeat held out, three in the gap
+    with pytest.warns(UserWarning, match=r"leaves 80 of 100 samples out of training until its last phase"):
+        model = regressor().fit(X, frames[shown], frame_ids=repeat)
+    assert (model.validation_mask_ | model.excluded_mask_).sum() == 80
+    frames, codes = movie(60)
+    shown = np.tile(np.arange(60), 5)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "The validation split leaves")  # frame ids: 6 frames and a gap of 6, a fifth
+        model = regressor().fit(codes[shown], frames[shown], frame_ids=shown)
+    assert (model.validation_mask_ | model.excluded_mask_).sum() == 60
 
 
 def test_distinct_frames_give_stretches_of_samples_with_a_gap():
@@ -121,11 +158,11 @@ def test_distinct_frames_give_stretches_of_samples_with_a_gap():
     check_leak_free(np.arange(80), held_out, excluded)
 
 
-def test_moments_come_from_the_training_rows_only():
+def test_the_decoder_that_trains_every_frame_starts_from_their_mean_image():
     frames, codes = movie(80)
     model = regressor().fit(codes, frames)
-    train = ~(model.validation_mask_ | model.excluded_mask_)
-    np.testing.assert_allclose(model.module_.offset[0, 0].numpy(), frames[train].mean(axis=0), rtol=1e-5, atol=1e-6)
+    assert model.validation_mask_.any()  # a pilot validated on held-out frames: it normalised by the others
+    np.testing.assert_allclose(model.module_.offset[0, 0].numpy(), frames.mean(axis=0), rtol=1e-5, atol=1e-6)
 
 
 def test_no_honest_split_warns_once():
@@ -146,15 +183,15 @@ def test_validation_data_are_used_as_given():
     model = regressor(max_epochs=2).fit(codes, frames, X_val=X_val, y_val=y_val)
     assert not model.validation_mask_.any() and not model.excluded_mask_.any()  # all of X trains
     assert "X_val and y_val" in model.validation_reason_
-    best = model.history_[model.best_epoch_ - 1]["valid_loss"]
-    assert model.evaluate_loss(X_val, y_val) == pytest.approx(best, rel=1e-6)
+    last = model.history_[-1]["valid_loss"]  # the kept weights: the end of the last phase
+    assert model.evaluate_loss(X_val, y_val) == pytest.approx(last, rel=1e-6)
 
 
 def test_validation_targets_may_be_another_float_dtype():
     frames, codes = movie(20)
     model = regressor().fit(codes, frames, X_val=codes[:5], y_val=frames[:5].astype(np.float64))
     assert model.validation_reason_ == "X_val and y_val as given (5 samples)"
-    with pytest.raises(ValueError, match="y_val must have the form of y"):  # uint8 would be read as 0-255
+    with pytest.raises(ValueError, match="y_val must have the form of y: dtype uint8 instead of float32"):  # read as 0-255
         regressor().fit(codes, frames, X_val=codes[:5], y_val=(255 * frames[:5]).astype(np.uint8))
 
 
@@ -178,14 +215,14 @@ def test_validation_data_as_long_as_a_training_fold_are_refused_saying_so():
         ({"X_val": "same length"}, {}, "must not have as many samples as X"),
         ({"X_val": "short"}, {}, "must be passed together"),
         ({"X_val": "short", "y_val": "short"}, {"early_stopping": False}, "set early_stopping=True"),
-        ({"X_val": "short", "y_val": "short", "groups": "groups"}, {}, "one or the other"),
+        ({"X_val": "short", "y_val": "short", "frame_ids": "groups"}, {}, "frame_ids choose a validation split of X"),
         ({"X_val": "short", "y_val": "flat"}, {}, "y_val must have the form of y"),
         ({"X_val": "with NaN", "y_val": "short"}, {}, "X_val is not valid.*NaN"),
         ({"X_val": "narrow", "y_val": "short"}, {}, "X_val is not valid.*features"),
         ({"X_val": "scalar", "y_val": "short"}, {}, "X_val is not valid"),
-        ({"groups": "with NaN"}, {}, "groups must name the frame of every sample, got 1 missing"),
-        ({"groups": "with None"}, {}, "groups must name the frame of every sample, got 1 missing"),
-        ({"groups": "column"}, {}, r"groups must have one entry per sample of X \(20\), got shape \(20, 1\)"),
+        ({"frame_ids": "with NaN"}, {}, "frame_ids must name the frame of every sample, got 1 missing"),
+        ({"frame_ids": "with None"}, {}, "frame_ids must name the frame of every sample, got 1 missing"),
+        ({"frame_ids": "column"}, {}, r"frame_ids must have one entry per sample of X \(20\), got shape \(20, 1\)"),
     ],
 )
 def test_bad_validation_data_are_refused_before_training(kwargs, params, message, monkeypatch):
@@ -195,103 +232,13 @@ def test_bad_validation_data_are_refused_before_training(kwargs, params, message
         "with NaN": np.r_[np.nan, np.arange(1.0, 20.0)], "narrow": codes[:5, :3], "column": np.arange(20)[:, None],
         "with None": np.array([None] + list(range(1, 20)), dtype=object), "scalar": 3.0,
     }
-    values["with NaN"] = values["with NaN"] if "groups" in kwargs else np.where(np.arange(5)[:, None] == 0, np.nan, codes[:5])
+    values["with NaN"] = values["with NaN"] if "frame_ids" in kwargs else np.where(np.arange(5)[:, None] == 0, np.nan, codes[:5])
     monkeypatch.setattr(Trainer, "fit", lambda *a, **k: pytest.fail("trained"))
     fit_kwargs = {name: values[value] for name, value in kwargs.items()}
     if "X_val" in kwargs and kwargs["X_val"] == "same length":
         fit_kwargs["y_val"] = frames
     with pytest.raises(ValueError, match=message):
         regressor(**params).fit(codes, frames, **fit_kwargs)
-
-
-# ------------------------------------------------ the stop rule and its warning
-def scripted(monkeypatch, losses):
-    """Make the validation loss of epoch ``e`` ``losses[e - 1]`` (validation on X_val)."""
-    original, script = Trainer.evaluate, iter(losses)
-
-    def evaluate(self, model, X, Y, rows=None):
-        return next(script) if rows is None else original(self, model, X, Y, rows)
-
-    monkeypatch.setattr(Trainer, "evaluate", evaluate)
-
-
-@pytest.mark.parametrize(
-    "losses, n_epochs, reason, warns",
-    [
-        ([4, 3, 2, 1], 4, MAX_EPOCHS, True),  # improving to the end
-        ([4, 3, 2, 2.5], 4, MAX_EPOCHS, True),  # best epoch 3 is among the last 2
-        ([4, 2, 3, 3], 4, STOP_RULE, False),  # the rule fires at the last epoch
-        ([4, 2, 2.5, 2.6, 2.7], 4, STOP_RULE, False),
-        ([1, 2, 3, 4], 3, STOP_RULE, False),
-        ([4, 3, 2, 1.99], 4, MAX_EPOCHS, True),  # an improvement below tol (1%) does not count, epoch 3 did
-        ([4, 2, 1.99, 1.985], 4, STOP_RULE, False),  # epochs 3 and 4 better, by less than tol
-    ],
-)
-def test_convergence_warning_fires_exactly_when_the_fit_ends_still_improving(monkeypatch, losses, n_epochs, reason, warns):
-    frames, codes = movie(20)
-    scripted(monkeypatch, losses)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        model = regressor(max_epochs=4, n_iter_no_change=2, tol=0.01, lr_schedule="constant").fit(
-            codes, frames, X_val=codes[:5], y_val=frames[:5]
-        )
-    assert model.n_epochs_ == n_epochs and model.stop_reason_ == reason
-    assert model.best_epoch_ == int(np.argmin(losses[:n_epochs])) + 1
-    assert sum(issubclass(w.category, ConvergenceWarning) for w in caught) == int(warns)
-
-
-def test_no_convergence_warning_without_validation_or_in_partial_fit():
-    frames, codes = movie(20)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", ConvergenceWarning)
-        assert regressor(max_epochs=2, early_stopping=False).fit(codes, frames).stop_reason_ == MAX_EPOCHS
-        model = regressor().partial_fit(codes, frames).partial_fit(codes, frames)
-    assert model.stop_reason_ is None and model.n_epochs_ == 2
-
-
-@pytest.mark.parametrize("schedule, n_epochs", [("warmup_cosine", 3), ("constant", 2)])
-def test_the_stop_rule_waits_for_half_the_schedule(monkeypatch, schedule, n_epochs):
-    frames, codes = movie(20)
-    scripted(monkeypatch, [1, 2, 3, 4, 5, 6])
-    model = regressor(max_epochs=6, n_iter_no_change=1, lr_schedule=schedule).fit(
-        codes, frames, X_val=codes[:5], y_val=frames[:5]
-    )
-    assert model.n_epochs_ == n_epochs and model.stop_reason_ == STOP_RULE and model.best_epoch_ == 1
-
-
-# ------------------------------------------------------------- the schedule
-def rate_spy():
-    """A callback (copied by the estimator) and the list it fills with the learning rate
-    after each optimizer step: the rate of the next step, the schedule having moved on."""
-    seen = []
-
-    class Spy(Callback):
-        def on_batch_end(self, run, loss):
-            seen.append(run.optimizer.param_groups[0]["lr"])
-
-    return Spy(), seen
-
-
-def schedule(lr, epochs, batches):
-    total = epochs * batches
-    warmup = int(np.ceil(WARMUP_FRACTION * total))
-    return [lr * warmup_cosine(step, total, warmup) for step in range(1, total + 1)]
-
-
-def test_the_default_schedule_is_warmup_then_cosine_over_the_fit_and_restarts_with_warm_start():
-    frames, codes = movie(64)
-    spy, seen = rate_spy()
-    model = regressor(max_epochs=3, batch_size=16, early_stopping=False, callbacks=[spy], lr=1e-2).fit(codes, frames)
-    assert seen == pytest.approx(schedule(1e-2, 3, 4), rel=1e-12) and seen[-1] == 0
-    seen.clear()
-    model.set_params(warm_start=True, max_epochs=2).fit(codes, frames)  # a new schedule over the new call
-    assert seen == pytest.approx(schedule(1e-2, 2, 4), rel=1e-12)
-    seen.clear()
-    model.partial_fit(codes, frames)  # no schedule: the base rate
-    assert seen == [1e-2] * 4
-    seen.clear()
-    regressor(max_epochs=2, batch_size=16, early_stopping=False, callbacks=[spy], lr_schedule="constant").fit(codes, frames)
-    assert seen == [2e-3] * 8
 
 
 # ------------------------------------------------------------- precision
@@ -314,3 +261,29 @@ def test_precision_auto_is_float32_channels_last_on_cuda(monkeypatch):
     assert model._resolved_precision() == ("float32", True)
     assert model.set_params(precision="bfloat16")._resolved_precision() == ("bfloat16", True)
     assert model.set_params(channels_last=False)._resolved_precision() == ("bfloat16", False)
+
+
+@pytest.mark.parametrize("every", [3, 6])
+def test_a_gray_screen_between_stimuli_stays_in_training_and_does_not_spread_the_gap(every):
+    """A blank that recurs between stimuli (every 3rd or 6th frame, in every repeat) is shown in
+    many separate runs: it stays in training, and the split of the other frames is as usual."""
+    frames, codes = movie(60)
+    shown = np.tile(np.arange(60), 5)
+    gray = shown % every == 0
+    y = np.where(gray[:, None, None], np.float32(0.5), frames[shown])
+    X = codes[shown] + 0.1 * np.random.default_rng(1).normal(size=(300, 4)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "No frame-level validation split|The validation split leaves")
+        model = regressor().fit(X, y)
+    held_out, excluded = model.validation_mask_, model.excluded_mask_
+    train = ~(held_out | excluded)
+    assert not (held_out | excluded)[gray].any() and held_out.any()
+    assert not set(shown[held_out]) & set(shown[train & ~gray])  # no frame in both parts
+    for offset in range(1, VALIDATION_GAP + 1):  # no training frame near a held-out one, but across a gray screen
+        for start in np.flatnonzero(held_out):
+            for neighbour in (start - offset, start + offset):
+                between = gray[min(start, neighbour) : max(start, neighbour) + 1]
+                if 0 <= neighbour < 300 and not between.any():
+                    assert not train[neighbour], (start, neighbour)
+    assert "recurring between others" in model.validation_reason_
+    assert (held_out | excluded).sum() < 300 / 3

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cebra_halfunet import HalfUNetRegressor
+from cebra_halfunet import HalfUNetRegressor, ssim_scorer
 from cebra_halfunet.targets import _CHUNK
 
 FAST = dict(latent_dim=16, max_epochs=3, batch_size=16, random_state=0)
@@ -62,7 +62,10 @@ def test_hdf5_targets(data, tmp_path):
         file.create_dataset("frames", data=images, chunks=(1, 1, 8, 16))
     with h5py.File(tmp_path / "frames.h5", "r") as file:
         model = HalfUNetRegressor(**FAST).fit(z, file["frames"])
-    np.testing.assert_array_equal(model.predict(z), HalfUNetRegressor(**FAST).fit(z, images).predict(z))
+        in_memory = HalfUNetRegressor(**FAST).fit(z, images)
+        np.testing.assert_array_equal(model.predict(z), in_memory.predict(z))
+        assert model.score(z, file["frames"]) == in_memory.score(z, images)  # scores read targets on disk too
+        assert ssim_scorer(model, z, file["frames"]) == ssim_scorer(in_memory, z, images)
 
 
 def test_array_like_targets_are_validated(data):

@@ -52,7 +52,15 @@ def test_fit_out_of_memory_says_what_to_change_and_releases_memory(data, memory_
     assert caught.value.__context__ is None  # the failed batch's tensors are not kept alive by the traceback
     assert memory_limit["released"] == 2  # after the failed batch, then after the fit's state is dropped
     assert memory_limit["alive"][-1] == []
-    assert all(p.device.type == "cpu" for p in model.module_.parameters())
+    assert not hasattr(model, "module_")  # as it was before the fit: unfitted
+    memory_limit["batch"] = None
+    model.fit(z, images)
+    weights = {name: value.clone() for name, value in model.module_.state_dict().items()}
+    memory_limit["batch"] = 8
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        model.fit(z, images)
+    assert all(p.device.type == "cpu" for p in model.module_.parameters())  # the fitted decoder, on the CPU, as it was
+    assert all(torch.equal(value, weights[name]) for name, value in model.module_.state_dict().items())
 
 
 @pytest.mark.filterwarnings("ignore:One or more of the test scores are non-finite")

@@ -2,6 +2,7 @@
 
 import json
 import pickle
+from pathlib import Path
 
 import joblib
 import numpy as np
@@ -11,9 +12,11 @@ from safetensors.torch import safe_open, save_file
 from sklearn.exceptions import NotFittedError
 
 from cebra_halfunet import HalfUNetRegressor
-from cebra_halfunet.persistence import FORMAT_VERSION
+from cebra_halfunet.persistence import FORMAT_VERSION, _checksum
 
 from .conftest import make_images
+
+DATA = Path(__file__).with_name("data")
 
 FAST = dict(latent_dim=16, max_epochs=3, batch_size=16, random_state=0)
 
@@ -24,8 +27,9 @@ def fitted(data):
     return HalfUNetRegressor(**FAST, loss="l1_ssim").fit(z, images)
 
 
-def rewrite(path, edit_metadata=None, edit_tensors=None):
-    """Rewrite a decoder file with its JSON header or tensors changed (a tampered file)."""
+def rewrite(path, edit_metadata=None, edit_tensors=None, checksum=True):
+    """Rewrite a decoder file with its JSON header or tensors changed: a crafted file, its
+    checksum recomputed as whoever crafts one can (or, ``checksum=False``, left as it was)."""
     with safe_open(path, framework="pt") as file:
         header = json.loads(file.metadata()["cebra_halfunet"])
         tensors = {name: file.get_tensor(name) for name in file.keys()}
@@ -33,6 +37,8 @@ def rewrite(path, edit_metadata=None, edit_tensors=None):
         edit_metadata(header)
     if edit_tensors:
         edit_tensors(tensors)
+    if checksum:
+        header["sha256"] = _checksum(header, tensors)
     save_file(tensors, path, metadata={"cebra_halfunet": json.dumps(header)})
 
 
@@ -99,7 +105,17 @@ def test_a_joblib_pickled_decoder_is_not_loaded(fitted, tmp_path):
 def test_altered_weights_fail_the_checksum(fitted, tmp_path):
     path = tmp_path / "decoder"
     fitted.save(path)
-    rewrite(path, edit_tensors=lambda tensors: tensors["module.offset"].add_(0.5))
+    rewrite(path, edit_tensors=lambda tensors: tensors["module.offset"].add_(0.5), checksum=False)
+    with pytest.raises(ValueError, match="checksum"):
+        HalfUNetRegressor.load(path)
+
+
+def test_an_altered_header_fails_the_checksum(fitted, tmp_path):
+    path = tmp_path / "decoder"
+    fitted.save(path)
+    low, high = fitted.target_format_.value_range
+    edit = lambda header: header["fitted"]["target_format_"].update(value_range=[low + 0.25, high])  # noqa: E731
+    rewrite(path, edit_metadata=edit, checksum=False)
     with pytest.raises(ValueError, match="checksum"):
         HalfUNetRegressor.load(path)
 
@@ -109,7 +125,7 @@ def test_altered_weights_fail_the_checksum(fitted, tmp_path):
     [
         (lambda header: header["params"].update(latent_dim=32), "does not describe a decoder"),
         (lambda header: header["params"].update(lr=-1.0), "lr"),
-        (lambda header: header["params"].update(evil="x"), "does not take"),
+        (lambda header: header["params"].update(evil="x"), "unexpected keyword argument 'evil'"),
         (lambda header: header["fitted"]["target_format_"].update(dtype="|O"), "dtype"),
         (lambda header: header.update(format_version=FORMAT_VERSION + 1), "Upgrade"),
         (lambda header: header.update(format="something else"), "no cebra-halfunet header"),
@@ -176,6 +192,28 @@ def test_files_from_before_issue_22_load_with_the_old_names_and_behaviour(data, 
     np.testing.assert_array_equal(loaded.predict(z), model.predict(z))
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread: float32 sums split over two threads can differ in the last bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_decoder_file_written_before_the_last_phase_loads_predicts_identically_and_trains_on(one_thread):
+    """tests/data/decoder_a5f9b8c.safetensors: written by a5f9b8c (latent 8, 2 decoders, float32,
+    the warm-up + cosine schedule), with its predictions for the first 5 embeddings (on one thread)."""
+    z, images = make_images(60, (8, 16))
+    loaded = HalfUNetRegressor.load(DATA / "decoder_a5f9b8c.safetensors")
+    np.testing.assert_array_equal(loaded.predict(z[:5]), np.load(DATA / "decoder_a5f9b8c_predictions.npy"))
+    assert loaded.lr_schedule == "warmup_stable_decay" and loaded.max_epochs == 2  # the schedule of today
+    assert loaded.n_epochs_ == 2 and loaded.stop_reason_ == "max_epochs"
+    loaded.partial_fit(z, images)
+    loaded.set_params(warm_start=True).fit(z, images)
+    assert loaded.n_epochs_ == 5 and [r["epoch"] for r in loaded.history_] == [1, 2, 3, 4, 5]
+
+
 def test_the_body_is_saved_and_loaded(data, tmp_path):
     z, images = data
     model = HalfUNetRegressor(**(FAST | dict(max_epochs=1, ensemble_size=1, body="large"))).fit(z, images)
@@ -189,3 +227,23 @@ def test_the_body_is_saved_and_loaded(data, tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         HalfUNetRegressor.load(tmp_path / "nothing")
+
+
+def test_the_column_names_of_a_dataframe_travel_with_the_decoder(data, tmp_path):
+    pandas = pytest.importorskip("pandas")
+    z, images = data
+    frame = pandas.DataFrame(z, columns=["a", "b", "c", "d"])
+    model = HalfUNetRegressor(**FAST).fit(frame, images)
+    model.save(tmp_path / "decoder")
+    loaded = HalfUNetRegressor.load(tmp_path / "decoder")
+    np.testing.assert_array_equal(loaded.feature_names_in_, ["a", "b", "c", "d"])
+    np.testing.assert_array_equal(loaded.predict(frame), model.predict(frame))
+    with pytest.raises(ValueError, match="feature names"):
+        loaded.predict(frame[["d", "c", "b", "a"]])
+
+
+def test_saving_to_a_folder_or_a_missing_one_is_refused_naming_the_path(fitted, tmp_path):
+    with pytest.raises(ValueError, match="is a folder: name a file in it"):
+        fitted.save(tmp_path)
+    with pytest.raises(ValueError, match="is in a folder that does not exist"):
+        fitted.save(tmp_path / "missing" / "decoder.safetensors")

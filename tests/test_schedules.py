@@ -3,37 +3,41 @@
 import math
 
 import pytest
-import torch
 
-from cebra_halfunet.schedules import warmup_cosine
+from cebra_halfunet.schedules import warmup_stable_decay
 
 
-def test_warmup_then_cosine_to_zero_at_the_last_step():
-    factors = [warmup_cosine(step, 100, 10) for step in range(101)]
+def test_warmup_then_the_base_rate_until_the_decay_is_known():
+    factors = [warmup_stable_decay(step, 10) for step in range(1000)]
     assert factors[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
-    assert factors[10] == 1.0
-    assert factors[55] == pytest.approx(0.5)
-    assert factors[100] == 0.0 and warmup_cosine(150, 100, 10) == 0.0
+    assert factors[10:] == [1.0] * 990  # no end is known: the rate holds
+
+
+def test_the_decay_is_a_half_cosine_to_zero_over_its_steps():
+    factors = [warmup_stable_decay(step, 10, decay_start=50, decay_steps=4) for step in range(60)]
+    assert factors[10:50] == [1.0] * 40
+    cosine = [0.5 + 0.5 * math.cos(math.pi * k / 4) for k in range(4)]
+    assert factors[50:54] == pytest.approx(cosine)
+    assert factors[54:] == [0.0] * 6
     assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
-    assert [warmup_cosine(s, 4, 0) for s in range(4)] == pytest.approx([1.0, 0.5 + 0.5 * math.cos(math.pi / 4), 0.5, 0.5 - 0.5 * math.cos(math.pi / 4)])
 
 
-def test_a_resumed_run_continues_on_the_same_rates():
-    def rates(first_step, n_steps):
-        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(first_step + step, 20, 5))
-        seen = []
-        for _ in range(n_steps):
-            seen.append(optimizer.param_groups[0]["lr"])
-            optimizer.step()
-            schedule.step()
-        return seen
-
-    assert rates(0, 8) + rates(8, 12) == rates(0, 20)
+def test_a_decay_that_starts_during_the_warmup_takes_the_lower_factor():
+    factors = [warmup_stable_decay(step, 4, decay_start=0, decay_steps=4) for step in range(4)]
+    cosine = [0.5 + 0.5 * math.cos(math.pi * k / 4) for k in range(4)]
+    assert factors == pytest.approx([min((k + 1) / 4, c) for k, c in enumerate(cosine)])
 
 
-@pytest.mark.parametrize("step, total, warmup", [(0, 0, 0), (0, 10, 11), (-1, 10, 2), (0, 10, -1)])
-def test_bad_schedule_arguments_raise(step, total, warmup):
+def test_the_factor_is_a_function_of_the_step_alone():
+    """What a resumed run relies on: the same step gives the same rate, whatever came before."""
+    schedule = dict(warmup_steps=5, decay_start=12, decay_steps=8)
+    whole = [warmup_stable_decay(step, **schedule) for step in range(20)]
+    assert whole[:8] + [warmup_stable_decay(step, **schedule) for step in range(8, 20)] == whole
+
+
+@pytest.mark.parametrize(
+    "step, warmup, start, length", [(-1, 2, None, 0), (0, -1, None, 0), (0, 2, -1, 3), (0, 2, 5, 0)]
+)
+def test_bad_schedule_arguments_raise(step, warmup, start, length):
     with pytest.raises(ValueError, match="warmup_steps"):
-        warmup_cosine(step, total, warmup)
-
+        warmup_stable_decay(step, warmup, start, length)
