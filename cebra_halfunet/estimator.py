@@ -152,8 +152,8 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
         A cap on the epochs of one ``fit``, the pilot's and the decoder's together
         (``partial_fit`` runs one epoch). The stop rule decides the length, not this: no
         default fit of the benchmark suite reached it (``benchmarks/RESULTS.md``). The pilot
-        runs at most half of it; one that reaches that while its validation loss still
-        improves warns. With ``early_stopping=False`` a fit runs exactly ``max_epochs`` epochs.
+        runs at most half of it; one that reaches that while its validation SSIM (or loss)
+        still improves warns. With ``early_stopping=False`` a fit runs exactly ``max_epochs`` epochs.
     lr_schedule : {"warmup_stable_decay", "constant"}, default "warmup_stable_decay"
         ``"warmup_stable_decay"`` (:func:`~cebra_halfunet.schedules.warmup_stable_decay`):
         in each run, a linear warm-up over the first evaluation period (an epoch, or more
@@ -201,8 +201,8 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
         (:mod:`~cebra_halfunet.stopping`). A pilot, one decoder, trains on the other
         samples, validated after every evaluation period (an epoch, or more when an epoch
         has fewer than 32 batches), until the stop rule fires: ``n_iter_no_change``
-        evaluations without a validation loss below ``(1 - tol)`` times the best. Its best
-        epoch is the length: the decoder then trains on *every* sample, held-out frames and
+        evaluations without a validation value better than the best by the fraction ``tol``
+        (see ``scoring``). Its best epoch is the length: the decoder then trains on *every* sample, held-out frames and
         gaps included, for that many epochs at the rate ``lr`` and a quarter as many more (at
         least one) while the rate decays to 0; its weights at the end are kept. With ``X_val``
         there is no pilot: one run on all of ``X``, validated on ``X_val``, decays once the
@@ -214,7 +214,7 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
     scoring : {"ssim", "loss"}, default "ssim"
         What the stop rule judges on the validation data: their SSIM (the mean over frames,
         as :func:`~cebra_halfunet.metrics.structural_similarity` computes it; for ``"bce"`` on
-        the probabilities), or the training loss. On repeated stimuli the loss (L1) kept
+        the probabilities), or their loss (``loss``, the objective trained on). On repeated stimuli the loss (L1) kept
         falling by fractions of a percent while held-out SSIM, PSNR and pixel correlation
         fell after their best epoch (``benchmarks/RESULTS.md``, "Suite"): the score of images
         says when their quality stops improving. Decoder files of earlier versions load with
@@ -293,7 +293,8 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
     n_epochs_ : int
         Epochs trained in all calls together (the pilot's included).
     best_epoch_ : int or None
-        The pilot's epoch of the lowest validation loss: the length the decoder trained for
+        The pilot's epoch of the best validation value (the highest SSIM; with
+        ``scoring="loss"`` the lowest loss): the length the decoder trained for
         at the rate ``lr`` (with ``X_val``, the run's best epoch). The weights kept are those
         at the end of the decoder's training, not this epoch's.
     stop_reason_ : str or None
