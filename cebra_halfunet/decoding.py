@@ -6,12 +6,16 @@ way ``cebra.integrations.decoders.mlp_decoding`` reports scores.
 
 from __future__ import annotations
 
+import numbers
+import warnings
+
 import numpy as np
 import torch
 
 from .estimator import HalfUNetRegressor
+from .losses import LOSS_NAMES
 from .networks import HalfUNetDecoder
-from .targets import as_array
+from .targets import TargetFormat, as_array
 
 __all__ = ["HalfUNetDecoder", "halfunet_decoding"]
 
@@ -116,6 +120,16 @@ def halfunet_decoding(
         )
     if y_valid.shape[1:] != y_train.shape[1:]:
         raise ValueError(f"label_valid samples have shape {y_valid.shape[1:]}, label_train {y_train.shape[1:]}.")
+    if isinstance(num_epochs, bool) or not isinstance(num_epochs, numbers.Integral) or num_epochs < 1:
+        raise ValueError(f"num_epochs must be a positive integer, got {num_epochs!r}.")
+    if loss_fn not in LOSS_NAMES:
+        raise ValueError(f"loss_fn must be one of {', '.join(map(repr, LOSS_NAMES))}, got {loss_fn!r}.")
+    try:
+        with warnings.catch_warnings():  # the fit below gives any warning about the labels' form
+            warnings.simplefilter("ignore")
+            TargetFormat.infer(y_train, output_shape, output_channels)
+    except ValueError as error:
+        raise ValueError(f"label_train does not fit output_shape and output_channels: {error}") from None
     regressor = HalfUNetRegressor(
         output_shape=output_shape,
         output_channels=output_channels,

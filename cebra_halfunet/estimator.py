@@ -581,11 +581,10 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
             target_format = self.target_format_.widened(scan)
         else:
             target_format = target_format.with_values(scan, probabilities=self.loss == "bce")
-        low, high = scan.low * target_format.value_scale, scan.high * target_format.value_scale
-        if self.loss == "bce" and (low < 0 or high > 1):
+        if self.loss == "bce" and (scan.low < 0 or scan.high > 1):  # as stored: uint8 0-255 images too
             raise ValueError(
-                f"loss='bce' needs targets in [0, 1] (uint8 masks holding only 0 and 1 are read as 0/1), "
-                f"got values in [{scan.low}, {scan.high}]."
+                f"loss='bce' needs targets in [0, 1] (uint8 masks holding only 0 and 1 are read as 0/1; "
+                f"divide 0-255 images by 255), got values in [{scan.low}, {scan.high}]."
             )
         split = self._split(X, scan, validate, val, (ids, ids_name))
         moments = scan.moments(target_format.value_scale)

@@ -180,14 +180,14 @@ class TargetFormat:
                 if size % channels:
                     raise ValueError(f"y has {size} values per sample, not a multiple of output_channels={channels}.")
                 shape = (1, size // channels)
-                if ndim == 2:
-                    warnings.warn(
-                        f"y is flat ({size} values per sample) and output_shape is not set: each sample is decoded "
-                        f"as one row of pixels (a 1 x {size // channels} image), slowly and without the spatial "
-                        "structure of images. Pass output_shape=(H, W) for flattened images.",
-                        UserWarning,
-                        stacklevel=5,
-                    )
+                form = "1-d (one value per sample, not an image)" if ndim == 1 else f"flat ({size} values per sample)"
+                warnings.warn(
+                    f"y is {form} and output_shape is not set: each sample is decoded "
+                    f"as one row of pixels (a 1 x {size // channels} image), slowly and without the spatial "
+                    "structure of images. Pass output_shape=(H, W) for flattened images.",
+                    UserWarning,
+                    stacklevel=5,
+                )
         else:
             raise ValueError(
                 f"y must have shape (N, H, W), (N, C, H, W), (N, H, W, C) or flattened (N, C*H*W), "

@@ -212,6 +212,10 @@ def _poisoned(array, value):
         (lambda args: args | {"embedding_valid": _poisoned(args["embedding_valid"], np.inf)}, "embedding_valid contains NaN"),
         (lambda args: args | {"label_train": args["label_train"][:-1]}, "label_train must have one sample per row"),
         (lambda args: args | {"label_valid": args["label_valid"][:, :, :4]}, "label_valid samples have shape"),
+        # the estimator's parameters under the function's names
+        (lambda args: args | {"num_epochs": 0}, "num_epochs must be a positive integer"),
+        (lambda args: args | {"loss_fn": "l2"}, "loss_fn must be one of"),
+        (lambda args: args | {"output_shape": (4, 4)}, "label_train does not fit output_shape"),
     ],
 )
 def test_functional_api_checks_every_input_before_training(recording, monkeypatch, change, message):
@@ -223,7 +227,7 @@ def test_functional_api_checks_every_input_before_training(recording, monkeypatc
     before = {name: value.copy() for name, value in args.items()}
     changed = change(args)
     with pytest.raises(ValueError, match=message):
-        halfunet_decoding(**changed, device="cpu", output_shape=SHAPE)
+        halfunet_decoding(**({"device": "cpu", "output_shape": SHAPE} | changed))
     for name, value in args.items():
         np.testing.assert_array_equal(value, before[name])
 

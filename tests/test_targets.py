@@ -139,10 +139,21 @@ def test_uint8_masks_are_read_as_0_1_and_predicted_as_floats(data):
     assert regressor().fit(z, mask.astype(np.uint8)).data_range_ == 1
 
 
-def test_bce_predicts_float_probabilities_for_uint8_frames(data):
+def test_bce_refuses_uint8_images_and_says_to_divide_them(data):
+    """Probabilities predicted for 0-255 frames would be scored against the 0-255 frames."""
     z, images = data
-    prediction = regressor(loss="bce").fit(z, np.round(images * 255).astype(np.uint8)).predict(z)
-    assert prediction.dtype == np.float32 and 0 <= prediction.min() and prediction.max() <= 1
+    frames = np.round(images * 255).astype(np.uint8)
+    with pytest.raises(ValueError, match=r"loss='bce' needs targets in \[0, 1\].*divide 0-255 images by 255"):
+        regressor(loss="bce").fit(z, frames)
+    prediction = regressor(loss="bce").fit(z, frames / 255).predict(z)
+    assert prediction.dtype == np.float64 and 0 <= prediction.min() and prediction.max() <= 1
+
+
+def test_one_value_per_sample_warns_that_it_is_not_an_image(data):
+    z, images = data
+    with pytest.warns(UserWarning, match=r"y is 1-d \(one value per sample, not an image\)"):
+        model = regressor(max_epochs=1).fit(z, images[:, 0, 0, 0])
+    assert model.predict(z).shape == (len(z),)
 
 
 def test_uint16_frames_are_counts_with_their_own_span(data):
