@@ -25,6 +25,16 @@ def data():
     return make_images()
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread: float32 sums split over two threads can differ in the last bit, so
+    results compared bit for bit with one-thread runs (other processes, stored files) use one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def evaluate_every_epoch(monkeypatch):
     """The tests' data sets are tiny (60 samples: 4 batches of 16 an epoch), where a fit would

@@ -21,15 +21,6 @@ def client():
             yield client
 
 
-@pytest.fixture
-def one_thread():
-    """The sequential reference runs with one thread too, so that the arithmetic matches."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_grid_search_on_dask_equals_the_sequential_search(data, client, one_thread, default_evaluation_period):
     z, images = data
     grid = {"latent_dim": [8, 16], "loss": ["mse", "l1"]}

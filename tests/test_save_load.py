@@ -192,15 +192,6 @@ def test_files_from_before_issue_22_load_with_the_old_names_and_behaviour(data, 
     np.testing.assert_array_equal(loaded.predict(z), model.predict(z))
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread: float32 sums split over two threads can differ in the last bit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_a_decoder_file_written_before_the_last_phase_loads_predicts_identically_and_trains_on(one_thread):
     """tests/data/decoder_a5f9b8c.safetensors: written by a5f9b8c (latent 8, 2 decoders, float32,
     the warm-up + cosine schedule), with its predictions for the first 5 embeddings (on one thread)."""
