@@ -6,12 +6,12 @@ way ``cebra.integrations.decoders.mlp_decoding`` reports scores.
 
 from __future__ import annotations
 
-import numbers
 import warnings
 
 import numpy as np
 import torch
 
+from ._checks import check_choice, check_positive_int
 from .estimator import HalfUNetRegressor
 from .losses import LOSS_NAMES
 from .networks import HalfUNetDecoder
@@ -120,10 +120,8 @@ def halfunet_decoding(
         )
     if y_valid.shape[1:] != y_train.shape[1:]:
         raise ValueError(f"label_valid samples have shape {y_valid.shape[1:]}, label_train {y_train.shape[1:]}.")
-    if isinstance(num_epochs, bool) or not isinstance(num_epochs, numbers.Integral) or num_epochs < 1:
-        raise ValueError(f"num_epochs must be a positive integer, got {num_epochs!r}.")
-    if loss_fn not in LOSS_NAMES:
-        raise ValueError(f"loss_fn must be one of {', '.join(map(repr, LOSS_NAMES))}, got {loss_fn!r}.")
+    check_positive_int(num_epochs, "num_epochs")
+    check_choice(loss_fn, LOSS_NAMES, "loss_fn")
     try:
         with warnings.catch_warnings():  # the fit below gives any warning about the labels' form
             warnings.simplefilter("ignore")
