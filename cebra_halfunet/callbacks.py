@@ -129,7 +129,7 @@ class PrintLog(Callback):
         self.bar.update()
 
     def on_epoch_end(self, run: Run, record: dict) -> None:
-        mark = "*" if run.state.best_epoch == record["epoch"] else " "  # the best epoch, by the stop rule's judgement
+        mark = "*" if run.state.improved_epoch == record["epoch"] else " "  # improved by more than tol: what the rule counts
         score = record.get("valid_score")
         cells = [
             f"{record['epoch']:>11}", f"{record['phase']:>11}", _cell(record["batch_loss"]), _cell(record["train_loss"]),

@@ -188,10 +188,12 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
         (:func:`~cebra_halfunet.splits.frame_validation_split`): samples whose targets are
         bit-identical (a hash of each frame, or equal ``frame_ids`` in ``fit``) are one frame,
         as when a movie is shown several times; the held-out frames are up to 10 stretches
-        of frames consecutive in the recording, and the samples within 3 frames of them
-        (in any repeat) are in neither part (``excluded_mask_``), so that no frame, nor a
-        near neighbour, is both trained on and validated. When every frame is distinct this
-        is stretches of consecutive samples with a 3-sample gap on each side. If the frames
+        of frames consecutive in the recording, and the samples within 10 frames of them
+        (in any repeat; fewer when fewer than 20 frames are held out:
+        :func:`~cebra_halfunet.splits.default_gap`) are in neither part (``excluded_mask_``),
+        so that no frame, nor a near-copy of it (a slow movie's next frames), is both trained
+        on and validated. When every frame is distinct this is stretches of consecutive
+        samples with a 10-sample gap on each side. If the frames
         cannot give both parts, a share of the samples is held out instead, with a
         ``UserWarning`` (the validation loss then rewards memorising); so does a split that
         leaves more than a third of the samples out. Only the pilot holds them out: the
@@ -202,7 +204,8 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
         samples, validated after every evaluation period (an epoch, or more when an epoch
         has fewer than 32 batches), until the stop rule fires: ``n_iter_no_change``
         evaluations without a validation value better than the best by the fraction ``tol``
-        (see ``scoring``). Its best epoch is the length: the decoder then trains on *every* sample, held-out frames and
+        (see ``scoring``). Its last improvement by more than ``tol`` is the length: the
+        decoder then trains on *every* sample, held-out frames and
         gaps included, for that many epochs at the rate ``lr`` and a quarter as many more (at
         least one) while the rate decays to 0; its weights at the end are kept. With ``X_val``
         there is no pilot: one run on all of ``X``, validated on ``X_val``, decays once the
@@ -293,9 +296,9 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
     n_epochs_ : int
         Epochs trained in all calls together (the pilot's included).
     best_epoch_ : int or None
-        The pilot's epoch of the best validation value (the highest SSIM; with
-        ``scoring="loss"`` the lowest loss): the length the decoder trained for
-        at the rate ``lr`` (with ``X_val``, the run's best epoch). The weights kept are those
+        The pilot's last epoch whose validation value improved on the best before it by more
+        than ``tol`` (SSIM; with ``scoring="loss"`` the loss): the length the decoder trained
+        for at the rate ``lr`` (with ``X_val``, the run's best epoch). The weights kept are those
         at the end of the decoder's training, not this epoch's.
     stop_reason_ : str or None
         What ended the pilot (or, with ``X_val``, the run's epochs at the rate ``lr``):
@@ -692,7 +695,7 @@ class HalfUNetRegressor(SavingMixin, RegressorMixin, BaseEstimator):
 
     def _run_pilot(self, data: _FitData, first_epoch: int) -> Pilot:
         """One decoder on the training rows, validated on the held-out frames until the stop
-        rule fires: its best epoch is the length of the final run. Not checkpointed (a
+        rule fires: its last improvement by more than ``tol`` is the length of the final run. Not checkpointed (a
         resumed fit runs it again, seeded: the same length)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed_ + 1)

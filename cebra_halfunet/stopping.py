@@ -12,7 +12,8 @@ one; :func:`~cebra_halfunet.schedules.warmup_stable_decay`), and keeps the weigh
 How the estimator uses it (``HalfUNetRegressor.fit``):
 
 - held-out frames of ``X``: a **pilot** run (one decoder, the other frames, no decay) ends
-  where the rule fires; its best epoch is the length. The final run trains the decoder (all of
+  where the rule fires; its last improvement by more than ``tol`` is the length (a later
+  epoch that improved by less is, as the rule judges, no better: training it is not worth it). The final run trains the decoder (all of
   its ``ensemble_size`` members) on *every* frame for that many epochs, then decays: the
   held-out frames chose the length, and the decoder that predicts trained on every frame as
   long as on any other.
@@ -73,9 +74,9 @@ class Pilot:
     history : list of dict
         The pilot's epochs (``phase`` ``"pilot"``), numbered from the fit's first.
     best_epoch : int
-        Epoch of the best validation value.
+        Epoch of the last improvement by more than ``tol``: the end of the length.
     best_value : float
-        That value, as the rule compares them (the loss, or minus the score).
+        The best validation value, as the rule compares them (the loss, or minus the score).
     verdict : str
         ``"stop rule"`` or ``"max_epochs"``.
     warning : str or None
@@ -90,12 +91,13 @@ class Pilot:
 
     @property
     def length(self) -> int:
-        """Epochs at the full rate of the final run: those of the pilot up to its best."""
+        """Epochs at the full rate of the final run: those of the pilot up to its last
+        improvement by more than ``tol``."""
         return self.best_epoch - self.history[0]["epoch"] + 1
 
     @classmethod
     def of(cls, state: TrainingState) -> Pilot:
-        return cls(state.history, state.best_epoch, state.best_value, state.verdict, state.warning)
+        return cls(state.history, state.improved_epoch, state.best_value, state.verdict, state.warning)
 
 
 class StopRule(Callback):

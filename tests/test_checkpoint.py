@@ -20,17 +20,18 @@ def crash():
 @pytest.mark.parametrize("every", [1, 2])
 def test_resumed_fit_equals_the_uninterrupted_run(data, tmp_path, monkeypatch, every):
     z, images = data
-    reference = HalfUNetRegressor(**FAST).fit(z, images)
+    fast = FAST | {"tol": 0.0}  # every improvement counts: a pilot of 5 epochs and a length of 3
+    reference = HalfUNetRegressor(**fast).fit(z, images)
     path = tmp_path / "run.safetensors"
     with monkeypatch.context() as patch:
-        # the pilot: 3 epochs of 4 batches (51 rows); the decoder: 3 + 1 epochs of 4 batches (60 rows)
-        at_training_batch(patch, 12 + 3 * 4 + 2, crash)  # in the decay, its second batch
+        # the pilot: 5 epochs of 4 batches (51 rows); the decoder: 3 + 1 epochs of 4 batches (60 rows)
+        at_training_batch(patch, 5 * 4 + 3 * 4 + 2, crash)  # in the decay, its second batch
         with pytest.raises(RuntimeError, match="simulated crash"):
-            HalfUNetRegressor(**FAST, checkpoint_path=path, checkpoint_every=every).fit(z, images)
+            HalfUNetRegressor(**fast, checkpoint_path=path, checkpoint_every=every).fit(z, images)
     saved = HalfUNetRegressor.load(path)
-    assert saved.n_epochs_ == {1: 6, 2: 5}[every]  # checkpoints of the decoder's run, not of the pilot's
-    resumed = HalfUNetRegressor(**FAST, checkpoint_path=str(path), checkpoint_every=every, verbose=1).fit(z, images)
-    assert [r["phase"] for r in reference.history_] == ["pilot"] * 3 + ["stable"] * 3 + ["decay"]
+    assert saved.n_epochs_ == {1: 8, 2: 7}[every]  # checkpoints of the decoder's run, not of the pilot's
+    resumed = HalfUNetRegressor(**fast, checkpoint_path=str(path), checkpoint_every=every, verbose=1).fit(z, images)
+    assert [r["phase"] for r in reference.history_] == ["pilot"] * 5 + ["stable"] * 3 + ["decay"]
     for name in ("epoch", "phase", "train_loss", "valid_loss", "held_out_loss"):
         assert [r[name] for r in resumed.history_] == [r[name] for r in reference.history_]
     assert resumed.best_epoch_ == reference.best_epoch_

@@ -13,7 +13,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from cebra_halfunet import HalfUNetRegressor
-from cebra_halfunet.splits import VALIDATION_GAP
+from cebra_halfunet.splits import default_gap
 from cebra_halfunet.stopping import MAX_EPOCHS
 from cebra_halfunet.training import Trainer, cpu_has_bf16_units
 
@@ -43,7 +43,7 @@ def check_leak_free(shown, held_out, excluded):
     assert held_out.any() and train.any()
     assert not set(shown[held_out]) & set(shown[train])
     assert not set(shown[excluded]) & set(shown[train])
-    for offset in range(1, VALIDATION_GAP + 1):
+    for offset in range(1, default_gap(len(np.unique(shown[held_out]))) + 1):
         assert not (held_out[:-offset] & train[offset:]).any() and not (train[:-offset] & held_out[offset:]).any()
 
 
@@ -91,7 +91,8 @@ def noisy_repeats():
 def test_noisy_repeats_are_held_out_together_through_frame_ids():
     X, y, shown = noisy_repeats()
     by_hash = regressor().fit(X, y)
-    assert np.unique(shown[by_hash.validation_mask_]).size < by_hash.validation_mask_.sum()  # hash: samples, not frames
+    trained = ~(by_hash.validation_mask_ | by_hash.excluded_mask_)
+    assert set(shown[by_hash.validation_mask_]) & set(shown[trained])  # by hash, noisy copies of held-out frames train
     model = regressor().fit(X, y, frame_ids=shown)
     check_leak_free(shown, model.validation_mask_, model.excluded_mask_)
     assert "frames given by frame_ids" in model.validation_reason_
@@ -137,10 +138,10 @@ def test_ids_that_are_not_frames_warn_with_how_many_samples_they_leave_out():
     frames, codes = movie(20)
     shown = np.tile(np.arange(20), 5)  # a movie of 20 frames shown 5 times
     X = codes[shown] + 0.1 * np.random.default_rng(1).normal(size=(100, 4)).astype(np.float32)
-    repeat = np.repeat(np.arange(5), 20)  # repeat ids as frame ids: a repeat held out, three in the gap
-    with pytest.warns(UserWarning, match=r"leaves 80 of 100 samples out of training until its last phase"):
+    repeat = np.repeat(np.arange(5), 20)  # repeat ids as frame ids: the last repeat held out, the one before in the gap
+    with pytest.warns(UserWarning, match=r"leaves 40 of 100 samples out of training until its last phase"):
         model = regressor().fit(X, frames[shown], frame_ids=repeat)
-    assert (model.validation_mask_ | model.excluded_mask_).sum() == 80
+    assert (model.validation_mask_ | model.excluded_mask_).sum() == 40
     frames, codes = movie(60)
     shown = np.tile(np.arange(60), 5)
     with warnings.catch_warnings():
@@ -154,7 +155,8 @@ def test_distinct_frames_give_stretches_of_samples_with_a_gap():
     model = regressor().fit(codes, frames)
     held_out, excluded = model.validation_mask_, model.excluded_mask_
     # one stretch (8 frames: at least 2 * gap, fewer than 4 * gap), at the end: a gap before it
-    assert held_out.sum() == 8 and held_out[-8:].all() and excluded[-8 - VALIDATION_GAP : -8].all() and excluded.sum() == VALIDATION_GAP
+    gap = default_gap(8)
+    assert gap == 4 and held_out.sum() == 8 and held_out[-8:].all() and excluded[-8 - gap : -8].all() and excluded.sum() == gap
     check_leak_free(np.arange(80), held_out, excluded)
 
 
@@ -279,7 +281,7 @@ def test_a_gray_screen_between_stimuli_stays_in_training_and_does_not_spread_the
     train = ~(held_out | excluded)
     assert not (held_out | excluded)[gray].any() and held_out.any()
     assert not set(shown[held_out]) & set(shown[train & ~gray])  # no frame in both parts
-    for offset in range(1, VALIDATION_GAP + 1):  # no training frame near a held-out one, but across a gray screen
+    for offset in range(1, default_gap(len(np.unique(shown[held_out]))) + 1):  # no training frame near a held-out one, but across a gray screen
         for start in np.flatnonzero(held_out):
             for neighbour in (start - offset, start + offset):
                 between = gray[min(start, neighbour) : max(start, neighbour) + 1]

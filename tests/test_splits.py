@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cebra_halfunet.splits import frame_digests, frame_ids, frame_validation_split
+from cebra_halfunet.splits import VALIDATION_GAP, default_gap, frame_digests, frame_ids, frame_validation_split
 
 
 def repeat_major(n_frames, n_repeats, rng):
@@ -73,6 +73,26 @@ def test_noisy_copies_are_kept_on_one_side_through_groups(layout, n_repeats, see
     split = frame_validation_split(movie_frame.astype(str), 0.1, gap=2)  # any labels work as groups
     assert split.honest
     assert_leak_free(movie_frame, split, 2)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_near_copies_of_a_held_out_frame_stay_out_of_training(layout):
+    """A slow movie: fixations of 10 frames whose bytes differ (a sub-pixel drift), 48 of them,
+    shown 3 times. Hashes tell the near-copies apart; the default gap keeps them out of training."""
+    rng = np.random.default_rng(0)
+    fixation = np.repeat(np.arange(48), 10)
+    frames = rng.random((48, 4, 8))[fixation] + 1e-3 * rng.random((480, 4, 8))
+    shown = layout(480, 3, rng)
+    split = frame_validation_split(frame_ids(frame_digests(frames[shown])))
+    assert default_gap(48) == VALIDATION_GAP == 10  # 48 held-out frames: the whole gap, in 2 stretches
+    assert_leak_free(shown, split, VALIDATION_GAP)
+    assert not set(fixation[shown[split.held_out]]) & set(fixation[shown[split.train]])
+
+
+def test_the_default_gap_is_at_most_half_the_held_out_frames():
+    assert [default_gap(n) for n in (1, 2, 6, 19, 20, 400)] == [1, 1, 3, 9, 10, 10]
+    split = frame_validation_split(np.arange(60))  # 6 frames held out: a gap of 3, not 10
+    assert split.held_out.sum() == 6 and split.excluded.sum() == 3
 
 
 def test_validation_fraction_counts_frames_not_samples():
