@@ -11,7 +11,6 @@ where they run after the built-in ones, on a fresh copy per fit.
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
@@ -75,7 +74,7 @@ class WarmupStableDecay(Callback):
 
     def on_train_begin(self, run: Run) -> None:
         self.base_rates = [group["lr"] for group in run.optimizer.param_groups]
-        self.warmup_steps = run.epochs_per_evaluation * math.ceil(len(run.train_rows) / run.trainer.batch_size)
+        self.warmup_steps = run.epochs_per_evaluation * run.train_steps_per_epoch
         self._set_rate(run)
 
     def on_epoch_begin(self, run: Run, epoch: int) -> None:
@@ -105,8 +104,8 @@ class Checkpoint(Callback):
 class PrintLog(Callback):
     """One line per epoch, as skorch's ``PrintLog`` prints it, above a progress bar of the
     epoch's batches: the epoch, its phase, the mean batch loss, and at evaluations the
-    training and validation losses and the validation SSIM (``*`` marks a new best, on what the
-    stop rule judges) or, in the decoder's training after a pilot, the loss of the held-out
+    training and validation losses and the validation SSIM (``*`` marks each improvement by more
+    than ``tol`` on what the stop rule judges: the last one is the length) or, in the decoder's training after a pilot, the loss of the held-out
     frames now trained on; the learning rate at the epoch's end; its seconds."""
 
     COLUMNS = ("epoch", "phase", "batch_loss", "train_loss", "valid_loss", "valid_ssim", "held_out", "lr", "dur")

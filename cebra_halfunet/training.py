@@ -293,8 +293,6 @@ class Run:
     train_rows, all_rows : Tensor of int
         The rows the first phase trains on (not held out, not in a gap) and every row
         (the decay trains on them).
-    epochs_per_evaluation : int
-        Epochs between evaluations: one, or enough for :data:`EVALUATION_STEPS` steps.
     evaluated : nn.Module
         The weights that are validated and kept: ``model``, or a weight average that a
         callback put here.
@@ -315,7 +313,6 @@ class Run:
     epochs: range
     train_rows: torch.Tensor
     all_rows: torch.Tensor
-    epochs_per_evaluation: int
     evaluated: nn.Module
     stop: bool = False
     evaluate: bool = True
@@ -333,9 +330,19 @@ class Run:
         return math.ceil(len(self.rows) / self.trainer.batch_size)
 
     @property
+    def train_steps_per_epoch(self) -> int:
+        """Optimizer steps of an epoch of the first phase's rows."""
+        return math.ceil(len(self.train_rows) / self.trainer.batch_size)
+
+    @property
+    def epochs_per_evaluation(self) -> int:
+        """Epochs between evaluations: one, or enough for :data:`EVALUATION_STEPS` steps."""
+        return math.ceil(EVALUATION_STEPS / self.train_steps_per_epoch)
+
+    @property
     def total_steps(self) -> int:
         """Optimizer steps of ``len(epochs)`` epochs of the first phase's rows: the cap."""
-        return len(self.epochs) * math.ceil(len(self.train_rows) / self.trainer.batch_size)
+        return len(self.epochs) * self.train_steps_per_epoch
 
 
 class Trainer:
@@ -418,8 +425,7 @@ class Trainer:
             valid, n_valid = None, None
         others = train_rows if held_out is None else train_rows[~torch.isin(train_rows, held_out)]
         probe = self._probe_rows(others, n_valid)  # never a held-out row: train_loss and held_out_loss compare
-        per_evaluation = math.ceil(EVALUATION_STEPS / math.ceil(len(train_rows) / self.batch_size))
-        run = Run(self, model, optimizer, state or TrainingState(), epochs, train_rows, all_rows, per_evaluation, model)
+        run = Run(self, model, optimizer, state or TrainingState(), epochs, train_rows, all_rows, model)
         run.initial_loss = self.evaluate(model, X, Y, probe)  # what divergence is measured against
         _notify(callbacks, "on_train_begin", run)
         done = {record["epoch"] for record in run.state.history}
